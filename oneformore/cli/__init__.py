@@ -1,0 +1,1 @@
+"""The ``oneformore`` command line."""

@@ -1,0 +1,6 @@
+"""Fused operators, as typed Python wrappers over ``torch.ops.oneformore.*``.
+
+Every wrapper validates its arguments and raises an error that names the argument and what was
+expected. The raw operators stay callable as ``torch.ops.oneformore.<name>`` (for torch.compile,
+export and custom dispatch); their fake kernels live beside the wrappers.
+"""
