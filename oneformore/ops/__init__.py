@@ -4,3 +4,5 @@ Every wrapper validates its arguments and raises an error that names the argumen
 expected. The raw operators stay callable as ``torch.ops.oneformore.<name>`` (for torch.compile,
 export and custom dispatch); their fake kernels live beside the wrappers.
 """
+
+from .denoise import ddim_step, ddpm_step  # noqa: E402,F401
