@@ -6,3 +6,4 @@ export and custom dispatch); their fake kernels live beside the wrappers.
 """
 
 from .denoise import ddim_step, ddpm_step  # noqa: E402,F401
+from .anomaly_map import anomaly_map  # noqa: E402,F401

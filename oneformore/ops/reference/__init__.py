@@ -2,3 +2,4 @@
 benchmarks, and the "eager" mode of the detectors."""
 
 from .denoise import ddim_step, ddpm_step  # noqa: E402,F401
+from .anomaly_map import anomaly_map  # noqa: E402,F401
