@@ -15,11 +15,13 @@
 
 #include "common/checks.h"
 
-// The element types of the kernels: float32, and float16/bfloat16 computed in float32.
+// The element types of the kernels: float32, float16/bfloat16 computed in float32, and float64 computed in
+// float64 (for gradcheck and float64 pipelines; not vectorised).
 #define OFM_DENOISE_DISPATCH_CASES(...)                 \
   AT_DISPATCH_CASE(at::ScalarType::Float, __VA_ARGS__) \
   AT_DISPATCH_CASE(at::ScalarType::Half, __VA_ARGS__)  \
-  AT_DISPATCH_CASE(at::ScalarType::BFloat16, __VA_ARGS__)
+  AT_DISPATCH_CASE(at::ScalarType::BFloat16, __VA_ARGS__) \
+  AT_DISPATCH_CASE(at::ScalarType::Double, __VA_ARGS__)
 
 namespace oneformore {
 namespace denoise {
@@ -43,8 +45,8 @@ inline StepInputs prepare_step(const at::Tensor& x_t, const at::Tensor& eps, con
                                const at::Tensor& alpha_prev, const std::optional<at::Tensor>& noise,
                                const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& known) {
   OFM_CHECK_ARG(x_t.dim() >= 1, "x_t", "expected a tensor with a batch dimension, got a scalar");
-  OFM_CHECK_ARG(at::isFloatingType(x_t.scalar_type()) && x_t.scalar_type() != at::kDouble, "x_t",
-                "expected float32, float16 or bfloat16, got ", x_t.scalar_type());
+  OFM_CHECK_ARG(at::isFloatingType(x_t.scalar_type()), "x_t", "expected float32, float16, bfloat16 or float64, got ",
+                x_t.scalar_type());
   auto check_like = [&](const at::Tensor& t, const char* name) {
     OFM_CHECK_ARG(t.sizes() == x_t.sizes(), name, "expected shape ", x_t.sizes(), " (that of x_t), got ", t.sizes());
     OFM_CHECK_ARG(t.scalar_type() == x_t.scalar_type(), name, "expected dtype ", x_t.scalar_type(),
@@ -87,7 +89,8 @@ inline StepInputs prepare_step(const at::Tensor& x_t, const at::Tensor& eps, con
                   m.sizes());
     OFM_CHECK_ARG(at::isFloatingType(m.scalar_type()), "mask", "expected a floating tensor, got ", m.scalar_type());
     OFM_CHECK_ARG(m.device() == x_t.device(), "mask", "expected device ", x_t.device(), ", got ", m.device());
-    in.mask = m.to(at::kFloat).contiguous();  // [Bm, 1, H, W]: the same memory in both layouts
+    // [Bm, 1, H, W]: the same memory in both layouts; in the compute type (float64 only for float64 x_t).
+    in.mask = m.to(x_t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat).contiguous();
     in.channels = x_t.size(1);
     in.pixels = x_t.size(2) * x_t.size(3);
     in.mask_batch_stride = m.size(0) == 1 ? 0 : in.pixels;

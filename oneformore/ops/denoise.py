@@ -12,11 +12,13 @@ import math
 
 import torch
 
-from ._validate import FLOATING, _is_fake, check_finite, check_shape, check_tensor
+from ._validate import _is_fake, check_finite, check_shape, check_tensor
 
 __all__ = ["ddim_step", "ddpm_step"]
 
 _OPS = torch.ops.oneformore
+# float64 is computed in float64 (gradcheck, float64 pipelines); the half types are computed in float32.
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -76,7 +78,7 @@ def _check_like(name: str, value, x_t: torch.Tensor) -> torch.Tensor:
 
 
 def _validate(kind, x_t, eps, alpha_t, alpha_prev, eta, noise, clip_x0, mask, known, out):
-    check_tensor("x_t", x_t, dtypes=FLOATING)
+    check_tensor("x_t", x_t, dtypes=_DTYPES)
     if x_t.dim() < 1:
         raise ValueError("x_t: expected a tensor with a batch dimension [B, ...], got a 0-D tensor")
     _check_like("eps", eps, x_t)
@@ -139,7 +141,8 @@ def ddim_step(
     with ``mask``/``known``: out = mask·known + (1 − mask)·x_prev.
 
     Args:
-        x_t: [B, ...] float32/float16/bfloat16 noisy sample (contiguous or channels_last).
+        x_t: [B, ...] float32/float16/bfloat16 (computed in float32) or float64 noisy sample, contiguous or
+            channels_last.
         eps: predicted noise, like x_t.
         alpha_t, alpha_prev: cumulative alphas in (0, 1], floats or [B] tensors (one timestep per sample).
             With eta > 0, alpha_prev >= alpha_t is required; with eta = 0 any pair is valid (also inversion).
@@ -157,7 +160,8 @@ def ddim_step(
         noise = torch.randn_like(x_t)
     clip = None if clip_x0 is None else float(clip_x0)
     if out is not None:
-        return _OPS.ddim_step.out(x_t, eps, a_t, a_prev, float(eta), noise, clip, mask, known, out=out)
+        _OPS.ddim_step.out(x_t, eps, a_t, a_prev, float(eta), noise, clip, mask, known, out=out)
+        return out
     return _OPS.ddim_step(x_t, eps, a_t, a_prev, float(eta), noise, clip, mask, known)
 
 
@@ -186,7 +190,8 @@ def ddpm_step(
         noise = torch.randn_like(x_t)
     clip = None if clip_x0 is None else float(clip_x0)
     if out is not None:
-        return _OPS.ddpm_step.out(x_t, eps, a_t, a_prev, noise, clip, mask, known, out=out)
+        _OPS.ddpm_step.out(x_t, eps, a_t, a_prev, noise, clip, mask, known, out=out)
+        return out
     return _OPS.ddpm_step(x_t, eps, a_t, a_prev, noise, clip, mask, known)
 
 
@@ -210,6 +215,16 @@ def _ddim_step_fake(x_t, eps, alpha_t, alpha_prev, eta, noise, clip_x0, mask, kn
 @torch.library.register_fake("oneformore::ddpm_step")
 def _ddpm_step_fake(x_t, eps, alpha_t, alpha_prev, noise, clip_x0, mask, known):
     return _result_like(x_t)
+
+
+@torch.library.register_fake("oneformore::ddim_step.out")
+def _ddim_step_out_fake(x_t, eps, alpha_t, alpha_prev, eta, noise, clip_x0, mask, known, *, out):
+    return None
+
+
+@torch.library.register_fake("oneformore::ddpm_step.out")
+def _ddpm_step_out_fake(x_t, eps, alpha_t, alpha_prev, noise, clip_x0, mask, known, *, out):
+    return None
 
 
 def step_coefficients(kind: str, alpha_t: torch.Tensor, alpha_prev: torch.Tensor, eta: float = 0.0) -> dict:

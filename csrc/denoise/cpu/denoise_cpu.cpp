@@ -49,17 +49,23 @@ struct SpanArgs {
 };
 
 // One contiguous span of n elements of one sample. Mask: kMaskSpan reads m[0..n), kMaskScalar uses m_scalar.
+template <typename scalar_t>
+using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
 template <typename scalar_t, bool kClip, bool kNoise, int kMask>
-void run_span(const scalar_t* x, const scalar_t* e, const scalar_t* z, const scalar_t* k, const float* m,
-              float m_scalar, scalar_t* o, int64_t n, const SpanArgs& args) {
+void run_span(const scalar_t* x, const scalar_t* e, const scalar_t* z, const scalar_t* k,
+              const acc_type<scalar_t>* m, acc_type<scalar_t> m_scalar, scalar_t* o, int64_t n, const SpanArgs& args) {
+  // float64 (gradcheck, references) runs the scalar loop in double; everything else computes in float.
+  constexpr bool kDouble = std::is_same_v<scalar_t, double>;
+  using acc_t = acc_type<scalar_t>;
   const StepCoeffs& c = *args.c;
   const float lo = -args.clip, hi = args.clip;
   auto step = [&](auto xv, auto ev, auto zv, auto tag) {
     using T = decltype(tag);
     if constexpr (kClip) {
       auto clamp_fn = [&](T v) {
-        if constexpr (std::is_same_v<T, float>) {
-          return std::min(std::max(v, lo), hi);
+        if constexpr (std::is_floating_point_v<T>) {
+          return std::min(std::max(v, T(lo)), T(hi));
         } else {
           return at::vec::clamp(v, Vec(lo), Vec(hi));
         }
@@ -71,6 +77,7 @@ void run_span(const scalar_t* x, const scalar_t* e, const scalar_t* z, const sca
     }
   };
   int64_t i = 0;
+  if constexpr (!kDouble) {
   for (; i + kBlock <= n; i += kBlock) {
     Vec x0, x1, e0, e1, z0(0.f), z1(0.f);
     load2(x + i, x0, x1);
@@ -82,7 +89,7 @@ void run_span(const scalar_t* x, const scalar_t* e, const scalar_t* z, const sca
       load2(k + i, k0, k1);
       Vec m0, m1;
       if constexpr (kMask == kMaskSpan) {
-        m0 = Vec::loadu(m + i);
+        m0 = Vec::loadu(m + i);  // acc_t is float on this path
         m1 = Vec::loadu(m + i + Vec::size());
       } else {
         m0 = m1 = Vec(m_scalar);
@@ -92,11 +99,12 @@ void run_span(const scalar_t* x, const scalar_t* e, const scalar_t* z, const sca
     }
     store2(o + i, r0, r1);
   }
+  }
   for (; i < n; ++i) {
-    const float zv = kNoise ? static_cast<float>(z[i]) : 0.f;
-    float r = step(static_cast<float>(x[i]), static_cast<float>(e[i]), zv, 0.f);
+    const acc_t zv = kNoise ? static_cast<acc_t>(z[i]) : acc_t(0);
+    acc_t r = step(static_cast<acc_t>(x[i]), static_cast<acc_t>(e[i]), zv, acc_t(0));
     if constexpr (kMask != kNoMask) {
-      r = blend<float>(r, static_cast<float>(k[i]), kMask == kMaskSpan ? m[i] : m_scalar);
+      r = blend<acc_t>(r, static_cast<acc_t>(k[i]), kMask == kMaskSpan ? m[i] : m_scalar);
     }
     o[i] = static_cast<scalar_t>(r);
   }
@@ -108,7 +116,8 @@ void run_all(const StepInputs& in, const std::vector<StepCoeffs>& coeffs, float 
   const scalar_t* e = in.eps.const_data_ptr<scalar_t>();
   const scalar_t* z = kNoise ? in.noise.const_data_ptr<scalar_t>() : nullptr;
   const scalar_t* k = kHasMask ? in.known.const_data_ptr<scalar_t>() : nullptr;
-  const float* m = kHasMask ? in.mask.const_data_ptr<float>() : nullptr;
+  using mask_t = acc_type<scalar_t>;
+  const mask_t* m = kHasMask ? in.mask.const_data_ptr<mask_t>() : nullptr;
   scalar_t* o = out.mutable_data_ptr<scalar_t>();
   const int64_t numel = in.x_t.numel(), per_sample = in.per_sample, pixels = in.pixels, channels = in.channels;
   const bool cl = in.channels_last;
@@ -120,11 +129,11 @@ void run_all(const StepInputs& in, const std::vector<StepCoeffs>& coeffs, float 
       const int64_t span_end = std::min(end, (b + 1) * per_sample);
       const SpanArgs args{&coeffs[b], clip};
       if constexpr (!kHasMask) {
-        run_span<scalar_t, kClip, kNoise, kNoMask>(x + i, e + i, kNoise ? z + i : nullptr, nullptr, nullptr, 0.f,
-                                                    o + i, span_end - i, args);
+        run_span<scalar_t, kClip, kNoise, kNoMask>(x + i, e + i, kNoise ? z + i : nullptr, nullptr, nullptr,
+                                                    mask_t(0), o + i, span_end - i, args);
         i = span_end;
       } else {
-        const float* m_b = m + b * in.mask_batch_stride;
+        const mask_t* m_b = m + b * in.mask_batch_stride;
         // Sub-spans over which the mask index moves with the element (NCHW: a channel plane) or stays
         // fixed (NHWC: the channels of one pixel).
         while (i < span_end) {
@@ -136,7 +145,7 @@ void run_all(const StepInputs& in, const std::vector<StepCoeffs>& coeffs, float 
                                                             m_b[r / channels], o + i, n, args);
           } else {
             run_span<scalar_t, kClip, kNoise, kMaskSpan>(x + i, e + i, kNoise ? z + i : nullptr, k + i,
-                                                          m_b + r % pixels, 0.f, o + i, n, args);
+                                                          m_b + r % pixels, mask_t(0), o + i, n, args);
           }
           i += n;
         }
@@ -185,7 +194,7 @@ void step_cpu_into(const StepInputs& in, double eta, std::optional<double> clip,
   }));
 }
 
-at::Tensor& step_out(const at::Tensor& x_t, const at::Tensor& eps, const at::Tensor& alpha_t,
+void step_out(const at::Tensor& x_t, const at::Tensor& eps, const at::Tensor& alpha_t,
                      const at::Tensor& alpha_prev, double eta, const std::optional<at::Tensor>& noise,
                      std::optional<double> clip_x0, const std::optional<at::Tensor>& mask,
                      const std::optional<at::Tensor>& known, StepKind kind, at::Tensor& out) {
@@ -193,7 +202,6 @@ at::Tensor& step_out(const at::Tensor& x_t, const at::Tensor& eps, const at::Ten
   at::Tensor dst = output_for(in, out);
   step_cpu_into(in, eta, clip_x0, kind, dst);
   finish_out(dst, out);
-  return out;
 }
 
 at::Tensor ddim_step_cpu(const at::Tensor& x_t, const at::Tensor& eps, const at::Tensor& alpha_t,
@@ -206,11 +214,11 @@ at::Tensor ddim_step_cpu(const at::Tensor& x_t, const at::Tensor& eps, const at:
   return out;
 }
 
-at::Tensor& ddim_step_out_cpu(const at::Tensor& x_t, const at::Tensor& eps, const at::Tensor& alpha_t,
+void ddim_step_out_cpu(const at::Tensor& x_t, const at::Tensor& eps, const at::Tensor& alpha_t,
                               const at::Tensor& alpha_prev, double eta, const std::optional<at::Tensor>& noise,
                               std::optional<double> clip_x0, const std::optional<at::Tensor>& mask,
                               const std::optional<at::Tensor>& known, at::Tensor& out) {
-  return step_out(x_t, eps, alpha_t, alpha_prev, eta, noise, clip_x0, mask, known, StepKind::kDdim, out);
+  step_out(x_t, eps, alpha_t, alpha_prev, eta, noise, clip_x0, mask, known, StepKind::kDdim, out);
 }
 
 at::Tensor ddpm_step_cpu(const at::Tensor& x_t, const at::Tensor& eps, const at::Tensor& alpha_t,
@@ -223,11 +231,11 @@ at::Tensor ddpm_step_cpu(const at::Tensor& x_t, const at::Tensor& eps, const at:
   return out;
 }
 
-at::Tensor& ddpm_step_out_cpu(const at::Tensor& x_t, const at::Tensor& eps, const at::Tensor& alpha_t,
+void ddpm_step_out_cpu(const at::Tensor& x_t, const at::Tensor& eps, const at::Tensor& alpha_t,
                               const at::Tensor& alpha_prev, const std::optional<at::Tensor>& noise,
                               std::optional<double> clip_x0, const std::optional<at::Tensor>& mask,
                               const std::optional<at::Tensor>& known, at::Tensor& out) {
-  return step_out(x_t, eps, alpha_t, alpha_prev, 0.0, noise, clip_x0, mask, known, StepKind::kDdpm, out);
+  step_out(x_t, eps, alpha_t, alpha_prev, 0.0, noise, clip_x0, mask, known, StepKind::kDdpm, out);
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "denoise/denoise.h"
 #include "denoise/denoise_host.h"
@@ -22,7 +23,7 @@ constexpr int64_t kMaxSharedSamples = 1024;  // 32 bytes each: 32 KiB of shared 
 struct KernelArgs {
   const double* alpha_t;
   const double* alpha_prev;
-  const float* mask;
+  const void* mask;  // float, or double for float64 inputs
   int64_t numel, batch, per_sample, channels, pixels, mask_batch_stride;
   double eta;
   float clip;
@@ -42,23 +43,24 @@ __global__ void step_kernel(const scalar_t* __restrict__ x, const scalar_t* __re
     for (int64_t b = threadIdx.x; b < a.batch; b += blockDim.x) shared[b] = coeffs_of(a, b);
     __syncthreads();
   }
-  const float lo = -a.clip, hi = a.clip;
-  auto clamp_fn = [lo, hi](float v) { return fminf(fmaxf(v, lo), hi); };
+  using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;  // float64 stays float64
+  const acc_t lo = -a.clip, hi = a.clip;
+  auto clamp_fn = [lo, hi](acc_t v) { return v < lo ? lo : (v > hi ? hi : v); };
   const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < a.numel; i += stride) {
     const int64_t b = i / a.per_sample;
     const StepCoeffs c = a.shared_coeffs ? shared[b] : coeffs_of(a, b);
-    const float xv = static_cast<float>(x[i]);
-    const float ev = static_cast<float>(e[i]);
-    const float zv = z != nullptr ? static_cast<float>(z[i]) : 0.f;
-    float r = a.clip_x0
-                  ? step_clipped<float>(xv, ev, zv, c.x_to_x0, c.eps_to_x0, c.x0_coef, c.x_coef, c.eps_coef,
-                                        c.noise_coef, clamp_fn)
-                  : step_linear<float>(xv, ev, zv, c.x_lin, c.eps_lin, c.noise_coef);
+    const acc_t xv = static_cast<acc_t>(x[i]);
+    const acc_t ev = static_cast<acc_t>(e[i]);
+    const acc_t zv = z != nullptr ? static_cast<acc_t>(z[i]) : acc_t(0);
+    acc_t r = a.clip_x0 ? step_clipped<acc_t>(xv, ev, zv, c.x_to_x0, c.eps_to_x0, c.x0_coef, c.x_coef, c.eps_coef,
+                                              c.noise_coef, clamp_fn)
+                        : step_linear<acc_t>(xv, ev, zv, c.x_lin, c.eps_lin, c.noise_coef);
     if (k != nullptr) {
       const int64_t r_in = i - b * a.per_sample;
       const int64_t pixel = a.channels_last ? r_in / a.channels : r_in % a.pixels;
-      r = blend<float>(r, static_cast<float>(k[i]), a.mask[b * a.mask_batch_stride + pixel]);
+      r = blend<acc_t>(r, static_cast<acc_t>(k[i]),
+                       static_cast<const acc_t*>(a.mask)[b * a.mask_batch_stride + pixel]);
     }
     o[i] = static_cast<scalar_t>(r);
   }
@@ -72,7 +74,7 @@ void step_cuda_into(const StepInputs& in, double eta, std::optional<double> clip
   KernelArgs a;
   a.alpha_t = in.alpha_t.const_data_ptr<double>();
   a.alpha_prev = in.alpha_prev.const_data_ptr<double>();
-  a.mask = in.mask.defined() ? in.mask.const_data_ptr<float>() : nullptr;
+  a.mask = in.mask.defined() ? in.mask.const_data_ptr() : nullptr;
   a.numel = numel;
   a.batch = in.batch;
   a.per_sample = in.per_sample;
@@ -108,7 +110,7 @@ at::Tensor step_cuda(const at::Tensor& x_t, const at::Tensor& eps, const at::Ten
   return out;
 }
 
-at::Tensor& step_out_cuda(const at::Tensor& x_t, const at::Tensor& eps, const at::Tensor& alpha_t,
+void step_out_cuda(const at::Tensor& x_t, const at::Tensor& eps, const at::Tensor& alpha_t,
                           const at::Tensor& alpha_prev, double eta, const std::optional<at::Tensor>& noise,
                           std::optional<double> clip_x0, const std::optional<at::Tensor>& mask,
                           const std::optional<at::Tensor>& known, StepKind kind, at::Tensor& out) {
@@ -116,7 +118,6 @@ at::Tensor& step_out_cuda(const at::Tensor& x_t, const at::Tensor& eps, const at
   at::Tensor dst = output_for(in, out);
   step_cuda_into(in, eta, clip_x0, kind, dst);
   finish_out(dst, out);
-  return out;
 }
 
 at::Tensor ddim_step_cuda(const at::Tensor& x_t, const at::Tensor& eps, const at::Tensor& alpha_t,
@@ -130,7 +131,7 @@ at::Tensor& ddim_step_out_cuda(const at::Tensor& x_t, const at::Tensor& eps, con
                                const at::Tensor& alpha_prev, double eta, const std::optional<at::Tensor>& noise,
                                std::optional<double> clip_x0, const std::optional<at::Tensor>& mask,
                                const std::optional<at::Tensor>& known, at::Tensor& out) {
-  return step_out_cuda(x_t, eps, alpha_t, alpha_prev, eta, noise, clip_x0, mask, known, StepKind::kDdim, out);
+  step_out_cuda(x_t, eps, alpha_t, alpha_prev, eta, noise, clip_x0, mask, known, StepKind::kDdim, out);
 }
 
 at::Tensor ddpm_step_cuda(const at::Tensor& x_t, const at::Tensor& eps, const at::Tensor& alpha_t,
@@ -144,7 +145,7 @@ at::Tensor& ddpm_step_out_cuda(const at::Tensor& x_t, const at::Tensor& eps, con
                                const at::Tensor& alpha_prev, const std::optional<at::Tensor>& noise,
                                std::optional<double> clip_x0, const std::optional<at::Tensor>& mask,
                                const std::optional<at::Tensor>& known, at::Tensor& out) {
-  return step_out_cuda(x_t, eps, alpha_t, alpha_prev, 0.0, noise, clip_x0, mask, known, StepKind::kDdpm, out);
+  step_out_cuda(x_t, eps, alpha_t, alpha_prev, 0.0, noise, clip_x0, mask, known, StepKind::kDdpm, out);
 }
 
 }  // namespace
