@@ -108,9 +108,11 @@ OFM_HOST_DEVICE T step_linear(T x, T e, T z, T x_lin, T eps_lin, T noise_coef) {
   return x_lin * x + eps_lin * e + noise_coef * z;
 }
 
+// Written as m * known + (1 - m) * prev, not prev + m * (known - prev), so that a binary mask keeps `known`
+// bit-exact.
 template <typename T>
 OFM_HOST_DEVICE T blend(T prev, T known, T m) {
-  return prev + m * (known - prev);
+  return m * known + (T(1) - m) * prev;
 }
 
 }  // namespace denoise
