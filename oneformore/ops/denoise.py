@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from ._validate import _is_fake, check_finite, check_shape, check_tensor
+from ._validate import _is_fake, check_shape, check_tensor
 
 __all__ = ["ddim_step", "ddpm_step"]
 
@@ -25,15 +25,16 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 # argument checks
 
 
-def _alphas_tensor(name: str, value, x_t: torch.Tensor) -> torch.Tensor:
-    """A float or a 0-D/[B] tensor of cumulative alphas as a float64 [B] tensor on x_t's device."""
+def _alphas_arg(name: str, value, x_t: torch.Tensor):
+    """Type/shape checks of a float or 0-D/[B] tensor of cumulative alphas; returns a float or a float64 [B]
+    tensor on x_t's device (values are checked by _check_alphas, with one device sync for both tensors)."""
     batch = x_t.shape[0]
     if isinstance(value, bool) or not isinstance(value, (int, float, torch.Tensor)):
         raise TypeError(f"{name}: expected a float or a [B] tensor, got {type(value).__name__}")
     if not isinstance(value, torch.Tensor):
         if not (math.isfinite(value) and 0.0 < value <= 1.0):
             raise ValueError(f"{name}: expected a cumulative alpha in (0, 1], got {value}")
-        return torch.full((batch,), float(value), dtype=torch.float64, device=x_t.device)
+        return float(value)
     if not value.is_floating_point():
         raise TypeError(f"{name}: expected a floating tensor, got {value.dtype}")
     if value.requires_grad and torch.is_grad_enabled():
@@ -45,30 +46,55 @@ def _alphas_tensor(name: str, value, x_t: torch.Tensor) -> torch.Tensor:
                          f"got shape {tuple(value.shape)}")
     if value.device != x_t.device:
         raise ValueError(f"{name}: expected a tensor on {x_t.device} (like x_t), got {value.device}")
-    value = value.to(torch.float64)
-    check_finite(name, value)
-    if not _is_fake(value) and not bool(((value > 0) & (value <= 1)).all()):
-        raise ValueError(f"{name}: expected cumulative alphas in (0, 1], got min {value.min().item():.6g}, "
-                         f"max {value.max().item():.6g}")
-    return value
+    return value.to(torch.float64)
 
 
-def _check_pair(kind: str, a_t: torch.Tensor, a_prev: torch.Tensor, eta: float) -> None:
-    """The conditions under which the step's square roots are real (same verdicts as the C++ kernels)."""
-    if _is_fake(a_t):
-        return
+def _sigma2_float(a_t: float, a_prev: float, eta: float) -> float:
+    if eta == 0 or a_t == a_prev:
+        return 0.0
+    return eta**2 * (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
+
+
+def _conditions(kind: str, a_t, a_prev, eta: float):
+    """(holds, message) pairs under which the step's square roots are real (the C++ kernels' verdicts);
+    `holds` is a bool for floats, a bool tensor for tensors."""
     if kind == "ddpm":
-        if not bool((a_t < 1).all()):
-            raise ValueError("alpha_t: ddpm_step needs alpha_t < 1 (the posterior is undefined at alpha_t = 1)")
-        if not bool((a_prev >= a_t).all()):
-            raise ValueError("alpha_prev: ddpm_step needs alpha_prev >= alpha_t (a step towards less noise)")
-        return
-    if eta > 0:
-        if not bool((a_prev >= a_t).all()):
-            raise ValueError("alpha_prev: ddim_step with eta > 0 needs alpha_prev >= alpha_t "
-                             "(sigma^2 would be negative)")
-        if not bool((1 - a_prev - _sigma2(a_t, a_prev, eta) >= -1e-12).all()):
-            raise ValueError("eta: ddim_step needs 1 - alpha_prev - sigma^2 >= 0; eta is too large for this step")
+        return [(a_t < 1, "alpha_t: ddpm_step needs alpha_t < 1 (the posterior is undefined at alpha_t = 1)"),
+                (a_prev >= a_t, "alpha_prev: ddpm_step needs alpha_prev >= alpha_t (a step towards less noise)")]
+    if eta == 0:
+        return []
+    sigma2 = (_sigma2(a_t, a_prev, eta) if isinstance(a_t, torch.Tensor) else _sigma2_float(a_t, a_prev, eta))
+    return [(a_prev >= a_t, "alpha_prev: ddim_step with eta > 0 needs alpha_prev >= alpha_t "
+                            "(sigma^2 would be negative)"),
+            (1 - a_prev - sigma2 >= -1e-12,
+             "eta: ddim_step needs 1 - alpha_prev - sigma^2 >= 0; eta is too large for this step")]
+
+
+def _check_alphas(kind: str, a_t, a_prev, eta: float, x_t: torch.Tensor):
+    """Value checks; returns both alphas as float64 [B] tensors on x_t's device. Tensors are copied to the host
+    once ([2, B] floats: one sync on a GPU) and checked in Python, cheaper than a dozen tiny tensor ops."""
+    tensors = [a for a in (a_t, a_prev) if isinstance(a, torch.Tensor)]
+    if not tensors:
+        _check_pair(kind, a_t, a_prev, eta, "")
+    else:
+        a_t, a_prev = (a if isinstance(a, torch.Tensor) else torch.full_like(tensors[0], a) for a in (a_t, a_prev))
+        if not _is_fake(a_t) and not _is_fake(a_prev):
+            for b, (t, p) in enumerate(zip(*torch.stack([a_t, a_prev]).tolist())):
+                for name, v in (("alpha_t", t), ("alpha_prev", p)):
+                    if not math.isfinite(v):
+                        raise ValueError(f"{name}: expected finite values, found {v} at sample {b}")
+                    if not 0.0 < v <= 1.0:
+                        raise ValueError(f"{name}: expected cumulative alphas in (0, 1], got {v} at sample {b}")
+                _check_pair(kind, t, p, eta, f" (sample {b})")
+    batch = x_t.shape[0]
+    return [a if isinstance(a, torch.Tensor) else torch.full((batch,), a, dtype=torch.float64, device=x_t.device)
+            for a in (a_t, a_prev)]
+
+
+def _check_pair(kind: str, a_t: float, a_prev: float, eta: float, where: str) -> None:
+    for holds, message in _conditions(kind, a_t, a_prev, eta):
+        if not holds:
+            raise ValueError(message + where)
 
 
 def _check_like(name: str, value, x_t: torch.Tensor) -> torch.Tensor:
@@ -84,9 +110,9 @@ def _validate(kind, x_t, eps, alpha_t, alpha_prev, eta, noise, clip_x0, mask, kn
     _check_like("eps", eps, x_t)
     if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
         raise ValueError(f"eta: expected a finite float >= 0, got {eta!r}")
-    a_t = _alphas_tensor("alpha_t", alpha_t, x_t)
-    a_prev = _alphas_tensor("alpha_prev", alpha_prev, x_t)
-    _check_pair(kind, a_t, a_prev, float(eta))
+    a_t = _alphas_arg("alpha_t", alpha_t, x_t)
+    a_prev = _alphas_arg("alpha_prev", alpha_prev, x_t)
+    a_t, a_prev = _check_alphas(kind, a_t, a_prev, float(eta), x_t)
     if noise is not None:
         _check_like("noise", noise, x_t)
     if clip_x0 is not None:

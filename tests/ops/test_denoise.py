@@ -225,7 +225,7 @@ def test_alpha_validation_in_the_kernel_too():
 
 BAD = [
     (dict(alpha_t=float("nan")), ValueError, "alpha_t: expected a cumulative alpha in"),
-    (dict(alpha_t=torch.tensor([0.3, float("nan")])), ValueError, "alpha_t: expected finite values"),
+    (dict(alpha_t=torch.tensor([0.3, float("nan")])), ValueError, "alpha_t: expected finite values, found nan at sample 1"),
     (dict(alpha_t=0.0), ValueError, r"alpha_t: expected a cumulative alpha in \(0, 1\]"),
     (dict(alpha_prev=1.5), ValueError, "alpha_prev: expected a cumulative alpha"),
     (dict(alpha_t=torch.tensor([0.3, 1.2])), ValueError, r"alpha_t: expected cumulative alphas in \(0, 1\]"),
