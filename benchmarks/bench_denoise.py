@@ -25,7 +25,7 @@ def _compiled_reference():
     return fn
 
 
-IMPLS = ["fused", "eager", "compiled", "copy_floor"]
+IMPLS = ["fused", "fused_out", "eager", "compiled", "copy_floor"]
 
 
 @pytest.mark.parametrize("name", list(SHAPES))
@@ -33,7 +33,9 @@ IMPLS = ["fused", "eager", "compiled", "copy_floor"]
 def test_ddim_step(benchmark, name, impl):
     x, e, z = _inputs(SHAPES[name])
     benchmark.group = f"ddim_step {name} float32"
-    if impl == "fused":
+    if impl == "fused":  # allocates its result, like eager and compiled
+        fn = lambda: ops.ddim_step(x, e, A_T, A_PREV, eta=ETA, noise=z)  # noqa: E731
+    elif impl == "fused_out":  # into a preallocated buffer (what a sampler loop can do)
         out = torch.empty_like(x)
         fn = lambda: ops.ddim_step(x, e, A_T, A_PREV, eta=ETA, noise=z, out=out)  # noqa: E731
     elif impl == "eager":

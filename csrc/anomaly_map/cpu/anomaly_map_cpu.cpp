@@ -179,24 +179,25 @@ void gaussian_blur(float* img, int64_t batch, int64_t height, int64_t width, dou
       }
     }
   });
-  // Vertical: out[y] = sum_j k[j] * tmp[reflect(y - r + j)], whole rows at a time.
+  // Vertical: out[y] = sum_j k[j] * tmp[reflect(y - r + j)], whole rows at a time (source rows looked up once).
   at::parallel_for(0, batch * height, 16, [&](int64_t begin, int64_t end) {
+    std::vector<const float*> rows(k.size());
     for (int64_t row = begin; row < end; ++row) {
       const int64_t bi = row / height, y = row % height;
       float* dst = img + row * width;
       const float* plane = tmp.data() + bi * height * width;
+      for (int64_t j = 0; j <= 2 * r; ++j) {
+        rows[j] = plane + static_cast<int64_t>(reflect_index(static_cast<int>(y - r + j), static_cast<int>(height))) * width;
+      }
       int64_t x = 0;
       for (; x + Vec::size() <= width; x += Vec::size()) {
         Vec sum(0.f);
-        for (int64_t j = 0; j <= 2 * r; ++j) {
-          const float* src = plane + reflect_index(static_cast<int>(y - r + j), height) * width;
-          sum = at::vec::fmadd(Vec(k[j]), Vec::loadu(src + x), sum);
-        }
+        for (size_t j = 0; j < k.size(); ++j) sum = at::vec::fmadd(Vec(k[j]), Vec::loadu(rows[j] + x), sum);
         sum.store(dst + x);
       }
       for (; x < width; ++x) {
         float sum = 0.f;
-        for (int64_t j = 0; j <= 2 * r; ++j) sum += k[j] * plane[reflect_index(static_cast<int>(y - r + j), height) * width + x];
+        for (size_t j = 0; j < k.size(); ++j) sum += k[j] * rows[j][x];
         dst[x] = sum;
       }
     }
