@@ -212,6 +212,14 @@ def test_torch_compile_fullgraph():
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
     assert torch.allclose(compiled(x, e, z, k, m, a_t), fn(x, e, z, k, m, a_t), atol=1e-6)
 
+    def in_place(x, e):  # the out= overload (a mutating op) is functionalised
+        y = x.clone()
+        ops.ddim_step(y, e, 0.3, 0.6, out=y)
+        return y
+
+    compiled_in_place = torch.compile(in_place, fullgraph=True, backend="aot_eager")
+    assert torch.allclose(compiled_in_place(x, e), in_place(x, e), atol=1e-6)
+
 
 def test_alpha_validation_in_the_kernel_too():
     x, e = torch.randn(2, 3), torch.randn(2, 3)

@@ -3,7 +3,10 @@
 // resize into the output; the Gaussian blur runs as two grid-stride 1-D passes.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <ATen/cuda/CUDAContext.h>
+// Not ATen/cuda/CUDAContext.h: it pulls in cuSPARSE/cuBLAS headers that a minimal CUDA toolkit lacks.
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -20,7 +23,9 @@ namespace {
 constexpr int kThreads = 256;
 
 int64_t blocks_for(int64_t n) {
-  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  int device = 0, sms = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   return std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, static_cast<int64_t>(sms) * 8));
 }
 
@@ -85,7 +90,7 @@ at::Tensor anomaly_map_cuda(at::TensorList feats_in, at::TensorList feats_rec, a
   OFM_CHECK_ARG(std::isfinite(sigma) && sigma >= 0.0, "sigma", "expected a finite value >= 0, got ", sigma);
   const Plan plan = make_plan(feats_in, feats_rec, out_size, std::string(distance), std::string(fusion), weights);
   const c10::cuda::CUDAGuard guard(feats_in[0].device());
-  auto stream = at::cuda::getCurrentCUDAStream();
+  auto stream = c10::cuda::getCurrentCUDAStream();
   const auto opts = feats_in[0].options().dtype(at::kFloat);
   at::Tensor out = at::zeros({plan.batch, 1, plan.height, plan.width}, opts);
   const int64_t n_out = out.numel();

@@ -3,7 +3,10 @@
 // batches too large for shared memory compute them per element instead.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <ATen/cuda/CUDAContext.h>
+// Not ATen/cuda/CUDAContext.h: it pulls in cuSPARSE/cuBLAS headers that a minimal CUDA toolkit lacks.
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -88,9 +91,11 @@ void step_cuda_into(const StepInputs& in, double eta, std::optional<double> clip
   a.channels_last = in.channels_last;
   a.shared_coeffs = in.batch <= kMaxSharedSamples;
   const size_t shared_bytes = a.shared_coeffs ? in.batch * sizeof(StepCoeffs) : 0;
-  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  int device = 0, sms = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   const int64_t blocks = std::min<int64_t>((numel + kThreads - 1) / kThreads, static_cast<int64_t>(sms) * 8);
-  auto stream = at::cuda::getCurrentCUDAStream();
+  auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_SWITCH(in.x_t.scalar_type(), "oneformore_denoise_step_cuda", OFM_DENOISE_DISPATCH_CASES([&] {
     step_kernel<scalar_t><<<blocks, kThreads, shared_bytes, stream>>>(
         in.x_t.const_data_ptr<scalar_t>(), in.eps.const_data_ptr<scalar_t>(),
