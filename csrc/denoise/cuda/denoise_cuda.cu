@@ -132,7 +132,7 @@ at::Tensor ddim_step_cuda(const at::Tensor& x_t, const at::Tensor& eps, const at
   return step_cuda(x_t, eps, alpha_t, alpha_prev, eta, noise, clip_x0, mask, known, StepKind::kDdim);
 }
 
-at::Tensor& ddim_step_out_cuda(const at::Tensor& x_t, const at::Tensor& eps, const at::Tensor& alpha_t,
+void ddim_step_out_cuda(const at::Tensor& x_t, const at::Tensor& eps, const at::Tensor& alpha_t,
                                const at::Tensor& alpha_prev, double eta, const std::optional<at::Tensor>& noise,
                                std::optional<double> clip_x0, const std::optional<at::Tensor>& mask,
                                const std::optional<at::Tensor>& known, at::Tensor& out) {
@@ -146,7 +146,7 @@ at::Tensor ddpm_step_cuda(const at::Tensor& x_t, const at::Tensor& eps, const at
   return step_cuda(x_t, eps, alpha_t, alpha_prev, 0.0, noise, clip_x0, mask, known, StepKind::kDdpm);
 }
 
-at::Tensor& ddpm_step_out_cuda(const at::Tensor& x_t, const at::Tensor& eps, const at::Tensor& alpha_t,
+void ddpm_step_out_cuda(const at::Tensor& x_t, const at::Tensor& eps, const at::Tensor& alpha_t,
                                const at::Tensor& alpha_prev, const std::optional<at::Tensor>& noise,
                                std::optional<double> clip_x0, const std::optional<at::Tensor>& mask,
                                const std::optional<at::Tensor>& known, at::Tensor& out) {
