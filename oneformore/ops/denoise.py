@@ -8,6 +8,7 @@ contiguous or channels_last; the result has the layout of ``x_t``.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -87,8 +88,21 @@ def _check_alphas(kind: str, a_t, a_prev, eta: float, x_t: torch.Tensor):
                         raise ValueError(f"{name}: expected cumulative alphas in (0, 1], got {v} at sample {b}")
                 _check_pair(kind, t, p, eta, f" (sample {b})")
     batch = x_t.shape[0]
-    return [a if isinstance(a, torch.Tensor) else torch.full((batch,), a, dtype=torch.float64, device=x_t.device)
-            for a in (a_t, a_prev)]
+    if torch.compiler.is_compiling():  # traced graphs build their own
+        return [a if isinstance(a, torch.Tensor) else _full(a, batch, x_t.device) for a in (a_t, a_prev)]
+    inference = torch.is_inference_mode_enabled()  # inference tensors must not leak into autograd later
+    return [a if isinstance(a, torch.Tensor) else _filled(a, batch, x_t.device, inference) for a in (a_t, a_prev)]
+
+
+def _full(value: float, batch: int, device: torch.device) -> torch.Tensor:
+    return torch.full((batch,), value, dtype=torch.float64, device=device)
+
+
+@functools.lru_cache(maxsize=512)
+def _filled(value: float, batch: int, device: torch.device, inference: bool) -> torch.Tensor:
+    """The [B] float64 tensor of a float alpha, cached: a sampler loop reuses a handful of values, and for small
+    steps building two tensors per call is a visible share of the time. The ops never write to them."""
+    return torch.full((batch,), value, dtype=torch.float64, device=device)
 
 
 def _check_pair(kind: str, a_t: float, a_prev: float, eta: float, where: str) -> None:

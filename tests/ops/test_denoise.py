@@ -132,6 +132,16 @@ def test_channels_last_and_mixed_layouts(blend):
                           atol=1e-6)
 
 
+def test_inference_mode_then_autograd():
+    # Cached alpha tensors made under inference_mode must not reach autograd afterwards.
+    x, e = torch.randn(2, 3), torch.randn(2, 3)
+    with torch.inference_mode():
+        ops.ddim_step(x, e, 0.25, 0.75)
+    x.requires_grad_()
+    ops.ddim_step(x, e, 0.25, 0.75).sum().backward()
+    assert x.grad is not None
+
+
 def test_other_ranks():
     x, e = torch.randn(4, 10, 3), torch.randn(4, 10, 3)
     got = ops.ddim_step(x, e, torch.tensor([0.1, 0.2, 0.3, 0.4]), 0.5)
