@@ -41,20 +41,21 @@ inline void store2(scalar_t* p, const Vec& a, const Vec& b) {
   }
 }
 
-enum MaskMode { kNoMask = 0, kMaskSpan = 1, kMaskScalar = 2 };
+enum MaskMode { kNoMask = 0, kMaskSpan = 1 };
+constexpr int64_t kSpreadChunk = 1024;  // elements per spread NHWC mask chunk
 
 struct SpanArgs {
   const StepCoeffs* c;
   float clip;
 };
 
-// One contiguous span of n elements of one sample. Mask: kMaskSpan reads m[0..n), kMaskScalar uses m_scalar.
+// One contiguous span of n elements of one sample; with kMaskSpan the mask values are m[0..n).
 template <typename scalar_t>
 using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 
 template <typename scalar_t, bool kClip, bool kNoise, int kMask>
 void run_span(const scalar_t* x, const scalar_t* e, const scalar_t* z, const scalar_t* k,
-              const acc_type<scalar_t>* m, acc_type<scalar_t> m_scalar, scalar_t* o, int64_t n, const SpanArgs& args) {
+              const acc_type<scalar_t>* m, acc_type<scalar_t> /*unused*/, scalar_t* o, int64_t n, const SpanArgs& args) {
   // float64 (gradcheck, references) runs the scalar loop in double; everything else computes in float.
   constexpr bool kDouble = std::is_same_v<scalar_t, double>;
   using acc_t = acc_type<scalar_t>;
@@ -91,8 +92,6 @@ void run_span(const scalar_t* x, const scalar_t* e, const scalar_t* z, const sca
       if constexpr (kMask == kMaskSpan) {
         m0 = Vec::loadu(m + i);  // acc_t is float on this path
         m1 = Vec::loadu(m + i + Vec::size());
-      } else {
-        m0 = m1 = Vec(m_scalar);
       }
       r0 = blend<Vec>(r0, k0, m0);
       r1 = blend<Vec>(r1, k1, m1);
@@ -104,7 +103,7 @@ void run_span(const scalar_t* x, const scalar_t* e, const scalar_t* z, const sca
     const acc_t zv = kNoise ? static_cast<acc_t>(z[i]) : acc_t(0);
     acc_t r = step(static_cast<acc_t>(x[i]), static_cast<acc_t>(e[i]), zv, acc_t(0));
     if constexpr (kMask != kNoMask) {
-      r = blend<acc_t>(r, static_cast<acc_t>(k[i]), kMask == kMaskSpan ? m[i] : m_scalar);
+      r = blend<acc_t>(r, static_cast<acc_t>(k[i]), m[i]);
     }
     o[i] = static_cast<scalar_t>(r);
   }
@@ -134,19 +133,33 @@ void run_all(const StepInputs& in, const std::vector<StepCoeffs>& coeffs, float 
         i = span_end;
       } else {
         const mask_t* m_b = m + b * in.mask_batch_stride;
-        // Sub-spans over which the mask index moves with the element (NCHW: a channel plane) or stays
-        // fixed (NHWC: the channels of one pixel).
+        if (cl) {
+          // NHWC: the mask value repeats over the C channels of a pixel. Spread it into a small buffer (L1) so
+          // the vectorised span loop runs for any C instead of a scalar loop per pixel.
+          mask_t spread[kSpreadChunk];
+          while (i < span_end) {
+            const int64_t r = i - b * per_sample;
+            const int64_t n = std::min<int64_t>(span_end - i, kSpreadChunk);
+            int64_t pixel = r / channels, c = r % channels;
+            for (int64_t j = 0; j < n; ++j) {
+              spread[j] = m_b[pixel];
+              if (++c == channels) {
+                c = 0;
+                ++pixel;
+              }
+            }
+            run_span<scalar_t, kClip, kNoise, kMaskSpan>(x + i, e + i, kNoise ? z + i : nullptr, k + i, spread,
+                                                          mask_t(0), o + i, n, args);
+            i += n;
+          }
+          continue;
+        }
+        // NCHW: within one channel plane the mask index moves with the element.
         while (i < span_end) {
           const int64_t r = i - b * per_sample;
-          const int64_t run = cl ? channels - r % channels : pixels - r % pixels;
-          const int64_t n = std::min(span_end - i, run);
-          if (cl) {
-            run_span<scalar_t, kClip, kNoise, kMaskScalar>(x + i, e + i, kNoise ? z + i : nullptr, k + i, nullptr,
-                                                            m_b[r / channels], o + i, n, args);
-          } else {
-            run_span<scalar_t, kClip, kNoise, kMaskSpan>(x + i, e + i, kNoise ? z + i : nullptr, k + i,
-                                                          m_b + r % pixels, mask_t(0), o + i, n, args);
-          }
+          const int64_t n = std::min(span_end - i, pixels - r % pixels);
+          run_span<scalar_t, kClip, kNoise, kMaskSpan>(x + i, e + i, kNoise ? z + i : nullptr, k + i,
+                                                        m_b + r % pixels, mask_t(0), o + i, n, args);
           i += n;
         }
       }
