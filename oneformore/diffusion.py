@@ -113,7 +113,7 @@ class Sampler:
     def sample(self, model_fn: ModelFn, x_t: torch.Tensor, t_start: int, steps: int, *,
                mask: torch.Tensor | None = None, known: torch.Tensor | None = None,
                generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
-        """Denoises x_t (at timestep t_start) to x0 in ``steps`` model calls.
+        """Denoises x_t (at timestep t_start) to x0 in ``steps`` model calls (under torch.no_grad()).
 
         ``model_fn(x, t)`` gets t as an int64 [B] tensor and returns the predicted noise. With ``mask``
         ([B or 1, 1, H, W], 1 = keep) and ``known`` (clean content, like x_t), every step keeps ``known`` noised to
