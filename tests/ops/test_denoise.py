@@ -286,3 +286,32 @@ def test_bad_ddpm_arguments():
         ops.ddpm_step(x, e, torch.tensor([0.3, 0.3], requires_grad=True), 0.4)
     with pytest.raises(ValueError, match="mask: blending needs 4-D x_t"):
         ops.ddpm_step(x, e, 0.3, 0.4, mask=torch.rand(2, 1, 1, 3), known=x)
+
+
+hypothesis = pytest.importorskip("hypothesis")
+st = hypothesis.strategies
+
+
+@hypothesis.settings(max_examples=25, deadline=None)
+@hypothesis.given(
+    shape=st.tuples(st.integers(1, 3), st.integers(1, 6), st.integers(1, 9), st.integers(1, 9)),
+    channels_last=st.booleans(),
+    eta=st.sampled_from([0.0, 0.3, 1.0]),
+    clip=st.sampled_from([None, 0.5]),
+    blend=st.booleans(),
+    shared_mask=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_random_shapes_and_layouts(shape, channels_last, eta, clip, blend, shared_mask, seed):
+    g = torch.Generator().manual_seed(seed)
+    x, e, z, k = (torch.randn(shape, generator=g) for _ in range(4))
+    m = torch.rand((1 if shared_mask else shape[0], 1, *shape[2:]), generator=g)
+    a_t = torch.rand(shape[0], generator=g, dtype=torch.float64) * 0.9 + 0.05
+    a_prev = a_t + (1 - a_t) * torch.rand(shape[0], generator=g, dtype=torch.float64)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    xs, es, zs, ks = (t.contiguous(memory_format=fmt) for t in (x, e, z, k))
+    kw = dict(eta=eta, clip_x0=clip, mask=m if blend else None)
+    got = ops.ddim_step(xs, es, a_t, a_prev, noise=zs, known=ks if blend else None, **kw)
+    want = reference.ddim_step(x.double(), e.double(), a_t, a_prev, noise=z.double(),
+                               known=k.double() if blend else None, **kw)
+    assert (got.double() - want).abs().max() <= 1e-5 * want.abs().max() + 1e-6
