@@ -70,8 +70,9 @@ PRESETS: dict[str, Protocol] = {
 
 
 def _normalise_name(name: str) -> str:
-    name = name.strip().lower().replace("×", "x").replace("_", "-").replace(" ", "")
-    return re.sub(r"(\d)\*(\d)", r"\1x\2", name)
+    name = name.strip().lower().replace("×", "x").replace("*", "x")
+    name = re.sub(r"[\s_-]+", "-", name)
+    return re.sub(r"^(mvtec|visa)-?", r"\1-", name)
 
 
 def parse_protocol(spec: str) -> Protocol:
@@ -80,7 +81,7 @@ def parse_protocol(spec: str) -> Protocol:
     key = _normalise_name(spec)
     if key in PRESETS:
         return PRESETS[key]
-    if ";" not in spec and "," not in spec and re.fullmatch(r"(mvtec|visa)-.*", key):
+    if ";" not in spec and "," not in spec and re.match(r"(mvtec|visa)-", key):
         raise ValueError(f"unknown protocol {spec!r}: presets are {', '.join(PRESETS)}")
     tasks = [[c.strip() for c in task.split(",") if c.strip()] for task in spec.split(";")]
     if any(not t for t in tasks):
