@@ -113,14 +113,15 @@ class AnomalyMetrics:
             raise ValueError("labels: an image labelled normal (0) has anomalous pixels in its mask")
         if not bool(torch.isfinite(scores).all()):
             raise ValueError("maps: expected finite values, found NaN or Inf")
+        keep_pixels = self.pixel and mask_bool is not None
+        if keep_pixels and not bool(torch.isfinite(maps3).all()):
+            raise ValueError("maps: expected finite values, found NaN or Inf")
         self._image_scores.append(scores)
         self._labels.append(labels)
-        if self.pixel and mask_bool is not None:
+        if keep_pixels:
             self._add_pixels(maps3.detach().float().cpu(), mask_bool)
 
     def _add_pixels(self, maps: torch.Tensor, mask: torch.Tensor) -> None:
-        if not bool(torch.isfinite(maps).all()):
-            raise ValueError("maps: expected finite values, found NaN or Inf")
         self._neg.append(maps[~mask].contiguous())
         self._neg_sorted = False
         if not bool(mask.any()):
