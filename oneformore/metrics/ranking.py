@@ -28,7 +28,13 @@ def sort_inplace(values: torch.Tensor) -> torch.Tensor:
 
 
 def _count_below(sorted_values: torch.Tensor, queries: torch.Tensor, *, inclusive: bool) -> torch.Tensor:
-    """Number of entries of ``sorted_values`` < query (or <= query when ``inclusive``), as int64."""
+    """Number of entries of ``sorted_values`` < query (or <= query when ``inclusive``), as int64.
+
+    On the CPU numpy's searchsorted is used: with ascending queries it narrows each search from the previous
+    answer, about 2x faster than torch's here."""
+    if sorted_values.device.type == "cpu" and queries.device.type == "cpu":
+        side = "right" if inclusive else "left"
+        return torch.from_numpy(np.searchsorted(sorted_values.numpy(), queries.numpy(), side=side).astype(np.int64))
     return torch.searchsorted(sorted_values, queries, right=inclusive)
 
 
@@ -111,13 +117,14 @@ def aupro_from_sorted(
     start_value = neg_sorted[n_neg - needed]
     start = int(_count_below(neg_sorted, start_value.reshape(1), inclusive=False))
     values, counts = torch.unique_consecutive(neg_sorted[start:], return_counts=True)
-    values, counts = values.flip(0), counts.flip(0).double()
 
     cum_weights = torch.zeros(pos_sorted.numel() + 1, dtype=torch.float64)
     torch.cumsum(pos_weights_sorted.double(), 0, out=cum_weights[1:])
     total = cum_weights[-1]
-    pro_ge = (total - cum_weights[_count_below(pos_sorted, values, inclusive=False)]) / num_regions
-    pro_gt = (total - cum_weights[_count_below(pos_sorted, values, inclusive=True)]) / num_regions
+    # searched in ascending order (fast), then flipped to descending thresholds
+    pro_ge = ((total - cum_weights[_count_below(pos_sorted, values, inclusive=False)]) / num_regions).flip(0)
+    pro_gt = ((total - cum_weights[_count_below(pos_sorted, values, inclusive=True)]) / num_regions).flip(0)
+    counts = counts.flip(0).double()
     pro_ge.clamp_(max=1.0)
     pro_gt.clamp_(max=1.0)
 
