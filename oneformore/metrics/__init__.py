@@ -9,7 +9,13 @@ from .continual import (
     forgetting,
 )
 from .image_score import IMAGE_SCORE_RULES, image_scores
-from .ranking import aupro_from_sorted, auroc_from_sorted, average_precision_from_sorted, f1_max_from_sorted
+from .ranking import (
+    aupro_from_sorted,
+    auroc_from_sorted,
+    average_precision_from_sorted,
+    f1_max_from_sorted,
+    ranking_metrics,
+)
 
 __all__ = [
     "AnomalyMetrics",
@@ -23,5 +29,6 @@ __all__ = [
     "continual_summary",
     "f1_max_from_sorted",
     "forgetting",
+    "ranking_metrics",
     "image_scores",
 ]

@@ -10,14 +10,7 @@ import torch
 from scipy.ndimage import label as connected_components
 
 from .image_score import image_scores
-from .ranking import (
-    aupro_from_sorted,
-    auroc_from_sorted,
-    average_precision_from_sorted,
-    f1_max_from_sorted,
-    roc_points,
-    sort_inplace,
-)
+from .ranking import aupro_from_sorted, ranking_metrics, roc_points, sort_inplace
 
 # 8-connectivity, as MVTec AD's evaluation code labels ground-truth regions.
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=np.int32)
@@ -174,25 +167,13 @@ class AnomalyMetrics:
         img_neg, img_pos = self._image_split()
         if img_neg.numel() == 0 or img_pos.numel() == 0:
             warnings.warn("image metrics need both normal and anomalous images; they are NaN", stacklevel=2)
-        f1, thr = f1_max_from_sorted(img_neg, img_pos)
-        out = {
-            "image_auroc": auroc_from_sorted(img_neg, img_pos),
-            "image_ap": average_precision_from_sorted(img_neg, img_pos),
-            "image_f1_max": f1,
-            "image_f1_threshold": thr,
-        }
+        out = {f"image_{k}": v for k, v in ranking_metrics(img_neg, img_pos).items()}
         if self.pixel and (self._neg or self._pos):
             neg, pos, weights = self._sorted_pixels()
             if pos.numel() == 0:
                 warnings.warn("pixel metrics need anomalous pixels in the masks; they are NaN", stacklevel=2)
-            f1, thr = f1_max_from_sorted(neg, pos)
-            out.update(
-                pixel_auroc=auroc_from_sorted(neg, pos),
-                pixel_ap=average_precision_from_sorted(neg, pos),
-                pixel_f1_max=f1,
-                pixel_f1_threshold=thr,
-                pixel_aupro=aupro_from_sorted(neg, pos, weights, self._num_regions, self.fpr_limit),
-            )
+            out.update({f"pixel_{k}": v for k, v in ranking_metrics(neg, pos).items()})
+            out["pixel_aupro"] = aupro_from_sorted(neg, pos, weights, self._num_regions, self.fpr_limit)
         return out
 
     def roc_curves(self, max_points: int = 512) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -90,6 +90,27 @@ def f1_max_from_sorted(neg_sorted: torch.Tensor, pos_sorted: torch.Tensor) -> tu
     return float(f1[best]), float(pos_sorted[best])
 
 
+def ranking_metrics(neg_sorted: torch.Tensor, pos_sorted: torch.Tensor) -> dict[str, float]:
+    """AUROC, AP, F1-max and its threshold in one pass, sharing the searches (same values as the functions above).
+
+    Keys: auroc, ap, f1_max, f1_threshold (NaN when a class is empty)."""
+    n_neg, n_pos = neg_sorted.numel(), pos_sorted.numel()
+    if n_neg == 0 or n_pos == 0:
+        return {"auroc": math.nan, "ap": math.nan, "f1_max": math.nan, "f1_threshold": math.nan}
+    neg_below = _count_below(neg_sorted, pos_sorted, inclusive=False)
+    neg_below_or_equal = _count_below(neg_sorted, pos_sorted, inclusive=True)
+    tp = (n_pos - _count_below(pos_sorted, pos_sorted, inclusive=False)).double()
+    fp = (n_neg - neg_below).double()
+    f1 = 2.0 * tp / (tp + fp + n_pos)
+    best = int(torch.argmax(f1))
+    return {
+        "auroc": int((neg_below + neg_below_or_equal).sum()) / (2.0 * n_pos * n_neg),
+        "ap": float((tp / (tp + fp)).sum()) / n_pos,
+        "f1_max": float(f1[best]),
+        "f1_threshold": float(pos_sorted[best]),
+    }
+
+
 def aupro_from_sorted(
     neg_sorted: torch.Tensor,
     pos_sorted: torch.Tensor,
@@ -112,35 +133,36 @@ def aupro_from_sorted(
     n_neg = neg_sorted.numel()
     if n_neg == 0 or num_regions == 0:
         return math.nan
+    neg = neg_sorted.cpu().numpy()
+    pos = pos_sorted.cpu().numpy()
     # Only the top scores of the negatives matter: those whose segment starts below the FPR limit.
     needed = min(n_neg, int(math.floor(fpr_limit * n_neg)) + 1)
-    start_value = neg_sorted[n_neg - needed]
-    start = int(_count_below(neg_sorted, start_value.reshape(1), inclusive=False))
-    values, counts = torch.unique_consecutive(neg_sorted[start:], return_counts=True)
+    start = int(np.searchsorted(neg, neg[n_neg - needed], side="left"))
+    top = neg[start:]
+    # Groups of equal scores, ascending: group g holds top[first[g] : first[g] + counts[g]].
+    first = np.concatenate(([0], np.flatnonzero(top[1:] != top[:-1]) + 1))
+    values = top[first]
+    counts = np.diff(np.append(first, top.size)).astype(np.float64)
+    at_or_above = (n_neg - start - first).astype(np.float64)  # negatives >= values[g]
+    fpr_after = at_or_above / n_neg
+    fpr_before = (at_or_above - counts) / n_neg
 
-    cum_weights = torch.zeros(pos_sorted.numel() + 1, dtype=torch.float64)
-    torch.cumsum(pos_weights_sorted.double(), 0, out=cum_weights[1:])
+    cum_weights = np.zeros(pos.size + 1, dtype=np.float64)
+    np.cumsum(pos_weights_sorted.cpu().double().numpy(), out=cum_weights[1:])
     total = cum_weights[-1]
-    # searched in ascending order (fast), then flipped to descending thresholds
-    pro_ge = ((total - cum_weights[_count_below(pos_sorted, values, inclusive=False)]) / num_regions).flip(0)
-    pro_gt = ((total - cum_weights[_count_below(pos_sorted, values, inclusive=True)]) / num_regions).flip(0)
-    counts = counts.flip(0).double()
-    pro_ge.clamp_(max=1.0)
-    pro_gt.clamp_(max=1.0)
+    idx_ge = np.searchsorted(pos, values, side="left")
+    idx_gt = idx_ge.copy()
+    ties = np.flatnonzero(pos[np.minimum(idx_ge, pos.size - 1)] == values) if pos.size else np.empty(0, np.int64)
+    idx_gt[ties] = np.searchsorted(pos, values[ties], side="right")
+    pro_ge = np.minimum((total - cum_weights[idx_ge]) / num_regions, 1.0)
+    pro_gt = np.minimum((total - cum_weights[idx_gt]) / num_regions, 1.0)
 
-    # Groups are in descending score order, starting at the highest negative: the FPR after each group is the
-    # running count of negatives so far.
-    seen = torch.cumsum(counts, 0)
-    fpr_after = seen / n_neg
-    fpr_before = (seen - counts) / n_neg
-
-    full = fpr_after <= fpr_limit
-    area = float((0.5 * (pro_gt + pro_ge) * (fpr_after - fpr_before))[full].sum())
-    crossing = torch.nonzero(~full)
-    if crossing.numel():
-        i = int(crossing[0])
-        x0, x1 = float(fpr_before[i]), float(fpr_after[i])
-        y0, y1 = float(pro_gt[i]), float(pro_ge[i])
+    full = fpr_after <= fpr_limit  # False for a prefix (the lowest scores), True after it
+    area = float(np.sum((0.5 * (pro_gt + pro_ge) * (fpr_after - fpr_before))[full]))
+    n_partial = int(np.count_nonzero(~full))
+    if n_partial:
+        i = n_partial - 1  # the group whose segment crosses the limit
+        x0, x1, y0, y1 = fpr_before[i], fpr_after[i], pro_gt[i], pro_ge[i]
         if x0 < fpr_limit:
             y_limit = y0 + (y1 - y0) * (fpr_limit - x0) / (x1 - x0)
             area += 0.5 * (y_limit + y0) * (fpr_limit - x0)
