@@ -54,8 +54,8 @@ def bottle():
     return synthetic_maps(masks), masks
 
 
-def ours(maps, masks, batch=16):
-    m = AnomalyMetrics()
+def ours(maps, masks, batch=16, **kwargs):
+    m = AnomalyMetrics(**kwargs)
     for i in range(0, len(maps), batch):
         m.update(maps[i : i + batch], masks[i : i + batch])
     return m.compute()
@@ -75,6 +75,17 @@ def test_ours(benchmark, bottle):
     for k in KEYS:
         assert abs(result[k] - ref[k]) < 1e-6, (k, result[k], ref[k])
     benchmark.extra_info.update({k: result[k] for k in KEYS})
+
+
+def test_ours_spilled_to_disk(benchmark, bottle, tmp_path):
+    """Same, with the normal scores spilled to disk in sorted runs of 1 M (bounded memory)."""
+    benchmark.group = "metrics: bottle test set 256x256, full suite"
+    maps, masks = bottle
+    kwargs = {"spill_dir": tmp_path, "spill_every": 1 << 20}
+    result = benchmark.pedantic(ours, args=(maps, masks), kwargs=kwargs, rounds=3, iterations=1)
+    ref = ours(maps, masks)
+    for k in KEYS:
+        assert abs(result[k] - ref[k]) < 1e-12, (k, result[k], ref[k])
 
 
 def test_sklearn_and_mvtec_reference(benchmark, bottle):

@@ -9,6 +9,7 @@ from .continual import (
     forgetting,
 )
 from .image_score import IMAGE_SCORE_RULES, image_scores
+from .sorted_runs import SortedRuns
 from .ranking import (
     aupro_from_sorted,
     auroc_from_sorted,
@@ -28,6 +29,7 @@ __all__ = [
     "backward_transfer",
     "continual_summary",
     "f1_max_from_sorted",
+    "SortedRuns",
     "forgetting",
     "ranking_metrics",
     "image_scores",

@@ -10,7 +10,8 @@ import torch
 from scipy.ndimage import label as connected_components
 
 from .image_score import image_scores
-from .ranking import aupro_from_sorted, ranking_metrics, roc_points, sort_inplace
+from .ranking import aupro_from_sorted, ranking_metrics, roc_points
+from .sorted_runs import NegativeStore, SortedRuns
 
 # 8-connectivity, as MVTec AD's evaluation code labels ground-truth regions.
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=np.int32)
@@ -35,29 +36,48 @@ class AnomalyMetrics:
         pool_size: window of ``"pooled_max"``.
         fpr_limit: integration limit of AUPRO (0.3, as MVTec AD).
         pixel: accumulate pixel metrics (False keeps only image scores).
+        spill_dir: if given, normal-pixel scores are sorted and written there in runs of ``spill_every`` scores
+            (temporary .npy files, removed by ``reset``), and read back memory-mapped: memory then holds one run,
+            not the whole test set, and the results are identical.
+        spill_every: scores per spilled run (default 2**26, i.e. 256 MB).
 
-    Memory: every pixel score is kept, compactly, because exact AUROC/AP/AUPRO need the rank of every pixel among
-    all the others: 4 bytes per normal pixel (float32 score) and 8 bytes per anomalous pixel (float32 score + int32
-    size of its ground-truth region); maps and masks themselves are not kept. A VisA test set at 256x256
-    (2,162 images, 142 M pixels) takes about 0.6 GB. ``compute`` sorts the normal scores in place (no index array)
-    and keeps them sorted, so later ``update``/``compute`` calls stay cheap.
+    Memory: exact AUROC/AP/AUPRO need the rank of every pixel among all the others, so every pixel score is kept,
+    compactly: 4 bytes per normal pixel (float32 score) and 8 bytes per anomalous pixel (float32 score + int32
+    size of its ground-truth region); maps and masks themselves are not kept. In memory, a VisA test set at
+    256x256 (2,162 images, 142 M pixels) takes about 0.6 GB; ``compute`` sorts the normal scores in place (no
+    index array) and keeps them sorted, so later ``update``/``compute`` calls stay cheap. With ``spill_dir`` the
+    normal scores live on disk in sorted runs and only the anomalous pixels (typically a few percent) stay in
+    memory.
     """
 
-    def __init__(self, *, image_score: str = "max", pool_size: int = 16, fpr_limit: float = 0.3, pixel: bool = True):
+    def __init__(
+        self,
+        *,
+        image_score: str = "max",
+        pool_size: int = 16,
+        fpr_limit: float = 0.3,
+        pixel: bool = True,
+        spill_dir=None,
+        spill_every: int = 1 << 26,
+    ):
         if not 0.0 < fpr_limit <= 1.0:
             raise ValueError(f"fpr_limit: expected a value in (0, 1], got {fpr_limit}")
         image_scores(torch.zeros(1, 1, 1, 1), image_score, pool_size)  # validates the rule up front
         self.image_score, self.pool_size, self.fpr_limit, self.pixel = image_score, pool_size, fpr_limit, pixel
+        self.spill_dir, self.spill_every = spill_dir, spill_every
+        self._neg = None
         self.reset()
 
     def reset(self) -> None:
         self._image_scores: list[torch.Tensor] = []
         self._labels: list[torch.Tensor] = []
-        self._neg: list[torch.Tensor] = []  # normal pixel scores, float32
+        if self._neg is not None:
+            self._neg.close()
+        self._neg = NegativeStore(self.spill_dir, self.spill_every)  # normal pixel scores, float32
+        self._has_pixels = False
         self._pos: list[torch.Tensor] = []  # anomalous pixel scores, float32
         self._pos_region_size: list[torch.Tensor] = []  # int32 size of each anomalous pixel's region
         self._num_regions = 0
-        self._neg_sorted = False
 
     @property
     def num_images(self) -> int:
@@ -121,8 +141,8 @@ class AnomalyMetrics:
             self._add_pixels(maps_np, mask_np)
 
     def _add_pixels(self, maps: np.ndarray, mask: np.ndarray) -> None:
-        self._neg.append(torch.from_numpy(maps[~mask]))
-        self._neg_sorted = False
+        self._neg.append(maps[~mask])
+        self._has_pixels = True
         for i in np.flatnonzero(mask.reshape(len(mask), -1).any(axis=1)):
             regions, n = connected_components(mask[i], _EIGHT_CONNECTED)
             sizes = np.bincount(regions.ravel(), minlength=n + 1).astype(np.int32)
@@ -131,24 +151,13 @@ class AnomalyMetrics:
             self._pos_region_size.append(torch.from_numpy(sizes[regions[inside]]))
             self._num_regions += n
 
-    def _sorted_pixels(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Normal scores sorted (kept sorted in place), anomalous scores sorted and their region weights."""
-        if not self._neg_sorted:
-            total = sum(t.numel() for t in self._neg)
-            merged = torch.empty(total, dtype=torch.float32)
-            at = 0
-            while self._neg:  # copy chunk by chunk, freeing each one: peak = all scores + one chunk
-                chunk = self._neg.pop(0)
-                merged[at : at + chunk.numel()] = chunk
-                at += chunk.numel()
-            self._neg = [sort_inplace(merged)]
-            self._neg_sorted = True
-        neg = self._neg[0] if self._neg else torch.empty(0)
+    def _sorted_pixels(self) -> tuple[SortedRuns, np.ndarray, np.ndarray]:
+        """Normal scores as sorted runs, anomalous scores sorted ascending and their region weights."""
         pos = torch.cat(self._pos) if self._pos else torch.empty(0)
         sizes = torch.cat(self._pos_region_size) if self._pos else torch.empty(0, dtype=torch.int32)
         pos, order = torch.sort(pos)
         weights = 1.0 / sizes[order].double()
-        return neg, pos, weights
+        return self._neg.runs(), pos.numpy(), weights.numpy()
 
     def _image_split(self) -> tuple[torch.Tensor, torch.Tensor]:
         scores = torch.cat(self._image_scores) if self._image_scores else torch.empty(0)
@@ -168,9 +177,9 @@ class AnomalyMetrics:
         if img_neg.numel() == 0 or img_pos.numel() == 0:
             warnings.warn("image metrics need both normal and anomalous images; they are NaN", stacklevel=2)
         out = {f"image_{k}": v for k, v in ranking_metrics(img_neg, img_pos).items()}
-        if self.pixel and (self._neg or self._pos):
+        if self.pixel and self._has_pixels:
             neg, pos, weights = self._sorted_pixels()
-            if pos.numel() == 0:
+            if pos.size == 0:
                 warnings.warn("pixel metrics need anomalous pixels in the masks; they are NaN", stacklevel=2)
             out.update({f"pixel_{k}": v for k, v in ranking_metrics(neg, pos).items()})
             out["pixel_aupro"] = aupro_from_sorted(neg, pos, weights, self._num_regions, self.fpr_limit)
@@ -180,14 +189,16 @@ class AnomalyMetrics:
         """(FPR, TPR) arrays for plotting: "image" always, "pixel" when masks were given."""
         img_neg, img_pos = self._image_split()
         curves = {"image": roc_points(img_neg, img_pos, max_points)}
-        if self.pixel and (self._neg or self._pos):
+        if self.pixel and self._has_pixels:
             neg, pos, _ = self._sorted_pixels()
             curves["pixel"] = roc_points(neg, pos, max_points)
         return curves
 
     def normal_pixel_quantile(self, q: float) -> float:
         """Quantile ``q`` of the normal pixels' scores (used to calibrate visual thresholds)."""
-        neg, _, _ = self._sorted_pixels()
-        if neg.numel() == 0:
+        if not self._has_pixels:
             return math.nan
-        return float(neg[min(neg.numel() - 1, int(q * neg.numel()))])
+        runs = self._neg.runs()
+        if runs.size == 0:
+            return math.nan
+        return float(runs.kth_largest(runs.size - 1 - min(runs.size - 1, int(q * runs.size))))

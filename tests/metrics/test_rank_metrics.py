@@ -198,3 +198,53 @@ def test_user_scores_with_nan_map_leave_no_partial_state():
     with pytest.raises(ValueError, match="maps: expected finite"):
         m.update(maps, torch.zeros_like(maps), scores=torch.tensor([0.1, 0.2]))
     assert m.num_images == 0
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10_000), levels=st.sampled_from([4, 50, 10_000]), every=st.sampled_from([1, 37, 500]))
+def test_spilled_runs_equal_in_memory(tmp_path_factory, seed, levels, every):
+    """Scores spilled to disk in sorted runs (many runs: k-th selection across runs) give identical results."""
+    gen = torch.Generator().manual_seed(seed)
+    masks = _blobs(6, 12, 12, gen, n_anomalous=3)
+    maps = torch.randint(0, levels, masks.shape, generator=gen).float() / levels + 0.3 * masks
+    memory = AnomalyMetrics()
+    spilled = AnomalyMetrics(spill_dir=tmp_path_factory.mktemp("spill"), spill_every=every)
+    for i in range(0, 6, 2):
+        memory.update(maps[i : i + 2], masks[i : i + 2])
+        spilled.update(maps[i : i + 2], masks[i : i + 2])
+    a, b = memory.compute(), spilled.compute()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k] == pytest.approx(b[k], abs=1e-12), k
+    assert memory.normal_pixel_quantile(0.9) == spilled.normal_pixel_quantile(0.9)
+    spill_files = list(spilled._neg._files)
+    assert spill_files and all(f.is_file() for f in spill_files)
+    spilled.reset()
+    assert not any(f.exists() for f in spill_files)  # temporary runs removed
+
+
+def test_sorted_runs_selection_and_counts():
+    from oneformore.metrics import SortedRuns
+
+    rng = np.random.default_rng(0)
+    runs = [np.sort(np.round(rng.normal(size=n), 1).astype(np.float32)) for n in (50, 1, 300)]
+    runs.append(np.array([-0.0, 0.0], dtype=np.float32))
+    together = np.sort(np.concatenate(runs))
+    r = SortedRuns(runs)
+    desc = together[::-1]
+    assert all(r.kth_largest(k) == desc[k] for k in range(0, r.size, 7))
+    q = np.linspace(-3, 3, 11).astype(np.float32)
+    assert np.array_equal(r.count_below(q, inclusive=False), np.searchsorted(together, q, "left"))
+    assert np.array_equal(r.count_below(q, inclusive=True), np.searchsorted(together, q, "right"))
+
+
+def test_function_api_matches_sklearn():
+    from oneformore.metrics import auroc_from_sorted, average_precision_from_sorted, f1_max_from_sorted
+
+    rng = np.random.default_rng(1)
+    neg, pos = np.sort(rng.normal(size=300)).astype(np.float32), np.sort(rng.normal(0.5, 1, 40)).astype(np.float32)
+    labels = np.r_[np.zeros(300), np.ones(40)]
+    scores = np.r_[neg, pos]
+    assert auroc_from_sorted(torch.from_numpy(neg), torch.from_numpy(pos[::-1].copy())) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert average_precision_from_sorted(neg, pos) == pytest.approx(average_precision_score(labels, scores), abs=1e-12)
+    assert f1_max_from_sorted(neg, pos)[0] == pytest.approx(sklearn_f1_max(labels, scores), abs=1e-12)
