@@ -126,7 +126,7 @@ def aupro_from_sorted(neg_sorted, pos_sorted, pos_weights_sorted, num_regions: i
     elif x0 < fpr_limit:
         y_limit = y0 + (y1 - y0) * (fpr_limit - x0) / (x1 - x0)
         area += 0.5 * (y_limit + y0) * (fpr_limit - x0)
-    return area / fpr_limit
+    return float(area / fpr_limit)
 
 
 def roc_points(neg_sorted, pos_sorted, max_points: int = 512) -> tuple[np.ndarray, np.ndarray]:

@@ -122,6 +122,7 @@ def test_aupro_extremes_and_eight_connectivity():
     assert m.compute()["pixel_aupro"] == pytest.approx(0.0)
 
 
+@pytest.mark.data
 def test_real_like_maps_on_bottle(shared_data):
     from oneformore.data import AnomalyTransform, MVTecAD
 
@@ -248,3 +249,11 @@ def test_function_api_matches_sklearn():
     assert auroc_from_sorted(torch.from_numpy(neg), torch.from_numpy(pos[::-1].copy())) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
     assert average_precision_from_sorted(neg, pos) == pytest.approx(average_precision_score(labels, scores), abs=1e-12)
     assert f1_max_from_sorted(neg, pos)[0] == pytest.approx(sklearn_f1_max(labels, scores), abs=1e-12)
+
+
+def test_results_are_plain_floats():
+    masks = torch.zeros(2, 1, 6, 6)
+    masks[0, 0, 1:3, 1:3] = 1
+    m = AnomalyMetrics()
+    m.update(torch.rand(2, 1, 6, 6) + masks, masks)
+    assert all(type(v) is float for v in m.compute().values())
