@@ -122,3 +122,14 @@ def test_transform_normalisation_and_validation():
         AnomalyTransform(normalisation="resnet")
     with pytest.raises(ValueError, match="crop: expected at most"):
         AnomalyTransform(size=32, crop=64)
+
+
+def test_mask_of_another_size_is_reported(two_categories):
+    from PIL import Image
+
+    mask = two_categories / "widget" / "ground_truth" / "dent" / "000_mask.png"
+    Image.new("L", (10, 10)).save(mask)
+    ds = Folder(two_categories / "widget", "test")
+    index = next(i for i, r in enumerate(ds.records) if r.mask_path == mask)
+    with pytest.raises(UnreadableImageError, match=r"000_mask\.png is 10x10 but its image .*dent/000\.png is 48x40"):
+        ds[index]
