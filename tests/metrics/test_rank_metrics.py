@@ -257,3 +257,26 @@ def test_results_are_plain_floats():
     m = AnomalyMetrics()
     m.update(torch.rand(2, 1, 6, 6) + masks, masks)
     assert all(type(v) is float for v in m.compute().values())
+
+
+@pytest.mark.filterwarnings("ignore:image metrics need both")
+@pytest.mark.parametrize("pattern", ["distinct", "tie_at_limit", "tie_across_limit", "pos_tied_with_neg"])
+def test_aupro_limit_exactly_on_a_point(pattern):
+    """10 normal pixels and limit 0.3: the curve has a point exactly at FPR 0.3 (the reference's `x_max in x`
+    branch) or a tie group straddling it."""
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[0, 0, :2, :3] = 1  # 6 anomalous pixels, 10 normal
+    neg_scores = {
+        "distinct": [9, 8, 7, 6, 5, 4, 3, 2, 1, 0],
+        "tie_at_limit": [9, 8, 7, 7, 5, 4, 3, 2, 1, 0],
+        "tie_across_limit": [9, 8, 6, 6, 6, 4, 3, 2, 1, 0],
+        "pos_tied_with_neg": [9, 8, 7, 6, 5, 4, 3, 2, 1, 0],
+    }[pattern]
+    pos_scores = [7.0, 7.0, 6.5, 5.0, 1.0, 9.5] if pattern == "pos_tied_with_neg" else [8.5, 7.5, 6.5, 2.5, 1.5, 0.5]
+    maps = torch.zeros_like(mask)
+    maps[mask.bool()] = torch.tensor(pos_scores)
+    maps[~mask.bool()] = torch.tensor(neg_scores, dtype=torch.float32)
+    m = AnomalyMetrics()
+    m.update(maps, mask)
+    ref = mvtec_aupro(maps[:, 0].double().numpy(), mask[:, 0].numpy() > 0, 0.3)
+    assert abs(m.compute()["pixel_aupro"] - ref) < 1e-12
