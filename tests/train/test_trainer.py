@@ -183,3 +183,15 @@ def test_two_process_ddp_on_gloo_matches_one_process(tmp_path):
     for k in one["model"]:
         torch.testing.assert_close(ddp["model"][k], one["model"][k], rtol=1e-5, atol=1e-6)
     assert ddp["history"] == pytest.approx(one["history"], rel=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="mixed precision runs on a GPU only")
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_on_gpu(tmp_path, precision):
+    torch.manual_seed(0)
+    trainer = Trainer(ToyModel(), ToyData(), _cfg(steps=60, lr=3e-2, precision=precision), tmp_path, device="cuda")
+    assert trainer.autocast_dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    history = trainer.fit()
+    assert sum(history[-10:]) < 0.5 * sum(history[:10])
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # master weights stay fp32
+    load_checkpoint(tmp_path / "last.pt")
