@@ -22,3 +22,13 @@ def test_overrides_are_typed_and_checked(tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text("image_size: 64\n")
     assert load_config(path) == {"image_size": 64}
+
+
+@pytest.mark.parametrize("preset", ["tiny", "base"])
+def test_train_sections_are_valid_trainer_configs(preset):
+    from oneformore.train import TrainerConfig
+
+    cfg = TrainerConfig.from_dict(load_config(preset)["train"])
+    assert cfg.steps > cfg.warmup_steps
+    with pytest.raises(ValueError, match="unknown keys"):
+        TrainerConfig.from_dict({"stepz": 1})
