@@ -109,7 +109,7 @@ class ControlledDenoiser(nn.Module):
         self.control_scale = control_scale
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
-        if cond is None:  # unconditional (classifier-free guidance's second branch)
+        if cond is None:  # the UNet alone, without control
             return self.unet(x_t, t)
         residuals = self.control(x_t, t, cond)
         if self.control_scale != 1.0:

@@ -33,7 +33,7 @@ def test_scale_calibration_gives_unit_variance_latents():
     torch.testing.assert_close(ae.decode_latent(ae.encode_latent(batches[0])), ae(batches[0]))
 
 
-def test_learns_to_reconstruct_procedural_images(tmp_path):
+def test_learns_to_reconstruct_procedural_images(tmp_path, one_thread):
     torch.manual_seed(0)
     data = ProceduralDataset("tile", "train", image_size=32, n_train=32, normalize="unit")
     ae = AutoencoderKL(AutoencoderConfig(channels=8, downsampling=4, kl_weight=1e-6, groups=4))
