@@ -21,6 +21,9 @@ states (torch CPU and CUDA, numpy, python), the config, the loss history and ``e
 object registered in ``trainer.extra_state``, e.g. the projector's bases). They are written atomically (temporary
 file in the same directory, fsync, ``os.replace``). ``fit()`` resumes from ``last.pt`` when it exists.
 
+Seeding: ``fit()`` seeds the global torch, numpy and python RNGs with ``config.seed`` (a resumed run then restores
+the states saved in the checkpoint); the data order and the per-step generators depend on the seed only.
+
 Distributed: when ``torch.distributed`` is initialised (``torchrun``), the model is wrapped in DDP, each rank trains
 on its share of every global batch, and rank 0 alone writes checkpoints.
 """

@@ -195,3 +195,24 @@ def test_mixed_precision_on_gpu(tmp_path, precision):
     assert sum(history[-10:]) < 0.5 * sum(history[:10])
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # master weights stay fp32
     load_checkpoint(tmp_path / "last.pt")
+
+
+def test_time_boxed_stop_then_resume_equals_one_run(tmp_path):
+    torch.manual_seed(5)
+    init = ToyModel().state_dict()
+
+    def make(out):
+        model = ToyModel()
+        model.load_state_dict(init)
+        return Trainer(model, ToyData(), _cfg(steps=10), out)
+
+    straight = make(tmp_path / "a")
+    straight.fit()
+    first = make(tmp_path / "b")
+    first.fit(stop_after=3)
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["step"] == 3
+    second = make(tmp_path / "b")
+    second.fit()
+    assert second.history == straight.history
+    assert all(torch.equal(a, b) for a, b in zip(straight.model.state_dict().values(),
+                                                 second.model.state_dict().values()))
