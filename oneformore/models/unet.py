@@ -17,7 +17,7 @@ every weight layer (see :mod:`oneformore.continual.layers`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -136,11 +136,10 @@ class UNetConfig:
     dropout: float = 0.0
     groups: int = 32
     middle_attention: bool = True
-    extra: dict = field(default_factory=dict)  # ignored keys kept for forward compatibility of configs
 
     @classmethod
     def from_dict(cls, d: dict) -> "UNetConfig":
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__ and k != "extra"}
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         for k in ("channel_mult", "attention_levels"):
             if k in known:
                 known[k] = tuple(known[k])

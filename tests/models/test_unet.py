@@ -111,3 +111,8 @@ def test_pixel_space_switch():
     assert nets.denoiser(x, torch.tensor([1]), condition(x)).shape == x.shape
     with pytest.raises(ValueError, match="space"):
         build_networks(load_config("tiny", ["space=voxel"]))
+
+
+def test_unet_config_rejects_unknown_keys():
+    with pytest.raises(ValueError, match="unknown keys \\['chanels'\\]"):
+        UNetConfig.from_dict({"chanels": 8})
