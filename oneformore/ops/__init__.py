@@ -4,3 +4,5 @@ Every wrapper validates its arguments and raises an error that names the argumen
 expected. The raw operators stay callable as ``torch.ops.oneformore.<name>`` (for torch.compile,
 export and custom dispatch); their fake kernels live beside the wrappers.
 """
+
+from .projection import project_gradients_  # noqa: F401
