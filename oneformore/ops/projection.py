@@ -52,6 +52,8 @@ def project_gradients_(
         if scales is not None:
             q = check_tensor(f"scales[{i}]", scales[i], dtypes=(torch.float32,), ndim=2, device=device)
             check_shape(f"scales[{i}]", q, (u.shape[1], u.shape[1]), f"k x k, k = bases[{i}].shape[1]")
+    if not grads:
+        return  # nothing to project (the raw op cannot dispatch on empty lists)
     _check_bases_finite(bases)
     torch.ops.oneformore.project_gradients_(grads, bases, scales)
 

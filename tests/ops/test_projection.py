@@ -88,6 +88,11 @@ def test_k_zero_leaves_gradients_unchanged_and_k_d_zeroes_them():
     assert b.abs().max() < 1e-6
 
 
+def test_empty_lists_are_a_no_op():
+    project_gradients_([], [])
+    project_gradients_([], [], [])
+
+
 def test_scales_identity_keeps_the_gradient():
     gen = torch.Generator().manual_seed(2)
     g = torch.randn(6, 4, 3, 3, generator=gen)
