@@ -2,7 +2,7 @@
 
 Parameter list: a UNet-like stack of 60 3x3 convolutions, in = out channels ramping geometrically from 64 to 1280
 and back (30 down, 30 up), bases with k = d // 2 (the issue's "d from 64*9 to 1280*9, k about d/2"). At full
-size that is ~6 GB of bases and ~2.5 TFLOP per step, too much for a shared 2-core VM, so the channel counts are
+size that is 2.6 GiB of bases and 2.5 TFLOP per step, too much for a shared 2-core VM, so the channel counts are
 multiplied by OFM_BENCH_PROJ_SCALE (default 0.25: channels 16..320, d 144..2880, 40 GFLOP per step).
 
 Timings (pytest-benchmark): python -m pytest benchmarks/bench_projection.py --benchmark-only
