@@ -107,6 +107,9 @@ def test_two_tasks_projection_keeps_task1_outputs():
         assert (kept(x1) - ref).norm() < 0.01 * (free(x1) - ref).norm()
     # while the projected model still learned task 2 (its first layer has 18 free dimensions)
     assert not torch.equal(kept[0].weight, model[0].weight)
+    with torch.no_grad():
+        loss2 = [float(nn.functional.cross_entropy(m(x2), y2)) for m in (model, kept)]
+    assert loss2[1] < loss2[0]
 
 
 def test_project_matches_reference_and_freezes_biases():

@@ -32,6 +32,7 @@ bool schedule_by_layers() {
 
 void project_gradients_cpu(at::TensorList grads, at::TensorList bases, std::optional<at::TensorList> scales) {
   check_arguments(grads, bases, scales);
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const size_t n = grads.size();
   // Gradients that cannot be viewed as [out, d] (non-contiguous) are projected in a contiguous copy.
   std::vector<at::Tensor> mats(n);
@@ -72,6 +73,8 @@ void project_gradients_cpu(at::TensorList grads, at::TensorList bases, std::opti
     }
     // Inside the parallel region ATen runs each product single-threaded (no nested oversubscription).
     at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
+      // Worker threads do not inherit the caller's dispatch state: skip autograd for the inner products.
+      const at::AutoDispatchBelowADInplaceOrView below_autograd;
       for (int64_t t = begin; t < end; ++t)
         for (const Block& b : per_thread[t])
           project_rows_(mats[b.layer].narrow(0, b.row0, b.rows), bases[b.layer], qs[b.layer]);

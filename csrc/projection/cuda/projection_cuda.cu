@@ -19,6 +19,7 @@ void project_gradients_cuda(at::TensorList grads, at::TensorList bases, std::opt
   check_arguments(grads, bases, scales);
   if (grads.empty()) return;
   const c10::cuda::CUDAGuard guard(grads[0].device());
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
   for (size_t i = 0; i < grads.size(); ++i) {
     if (bases[i].size(1) == 0 || grads[i].numel() == 0) continue;
     const bool copy = !grads[i].is_contiguous();
