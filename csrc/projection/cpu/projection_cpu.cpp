@@ -1,5 +1,5 @@
-// CPU kernel of project_gradients_: every layer's gradient is cut into row blocks, the blocks are dealt to the
-// threads by cost (longest first), and each thread projects its blocks with single-threaded BLAS products.
+// CPU kernel of project_gradients_: every layer's gradient is cut into row blocks, the threads take the blocks
+// longest first as they become free, and each thread projects its blocks with single-threaded BLAS products.
 // A block is G[r0:r1] of one layer: P = G_blk U, then G_blk -= P U^T while G_blk is still in cache, so each
 // gradient makes one trip through memory. Small layers run side by side instead of each one splitting a BLAS
 // call over the threads, which is where a per-layer loop loses most of its time on many small layers.
@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
@@ -51,7 +52,7 @@ void project_gradients_cpu(at::TensorList grads, at::TensorList bases, std::opti
     for (size_t i = 0; i < n; ++i)
       if (mats[i].defined()) project_rows_(mats[i], bases[i], qs[i]);
   } else {
-    const double target = total / double(threads * 4);
+    const double target = total / double(threads * 8);  // enough blocks for the dynamic balance
     for (size_t i = 0; i < n; ++i) {
       if (!mats[i].defined()) continue;
       const int64_t rows = mats[i].size(0), d = mats[i].size(1), k = bases[i].size(1);
@@ -62,22 +63,18 @@ void project_gradients_cpu(at::TensorList grads, at::TensorList bases, std::opti
         blocks.push_back({i, r0, r, projection_flops(r, d, k, scales.has_value())});
       }
     }
-    // Longest-processing-time-first: a good static balance, and each thread's work is decided up front.
+    // Longest-processing-time-first list scheduling: blocks sorted by cost, each thread takes the next one
+    // when it is free, so a thread slowed down (another process on its core) simply takes fewer blocks.
     std::sort(blocks.begin(), blocks.end(), [](const Block& a, const Block& b) { return a.flops > b.flops; });
-    std::vector<std::vector<Block>> per_thread(threads);
-    std::vector<double> load(threads, 0.0);
-    for (const Block& b : blocks) {
-      const int64_t t = std::min_element(load.begin(), load.end()) - load.begin();
-      per_thread[t].push_back(b);
-      load[t] += b.flops;
-    }
+    std::atomic<size_t> next{0};
     // Inside the parallel region ATen runs each product single-threaded (no nested oversubscription).
-    at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
       // Worker threads do not inherit the caller's dispatch state: skip autograd for the inner products.
       const at::AutoDispatchBelowADInplaceOrView below_autograd;
-      for (int64_t t = begin; t < end; ++t)
-        for (const Block& b : per_thread[t])
-          project_rows_(mats[b.layer].narrow(0, b.row0, b.rows), bases[b.layer], qs[b.layer]);
+      for (size_t j = next++; j < blocks.size(); j = next++) {
+        const Block& b = blocks[j];
+        project_rows_(mats[b.layer].narrow(0, b.row0, b.rows), bases[b.layer], qs[b.layer]);
+      }
     });
   }
   for (size_t i = 0; i < n; ++i)
