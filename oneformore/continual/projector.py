@@ -146,5 +146,10 @@ class GradientProjector:
         """Restores the bases and scales saved by :meth:`state_dict` (replacing the current ones)."""
         if not isinstance(state, Mapping) or "bases" not in state:
             raise KeyError("state: expected a dict with 'bases' (and optionally 'scales') from state_dict()")
+        old = self.bases, self.scales
         self.bases, self.scales = {}, {}
-        self.set_bases(state["bases"], state.get("scales") or {})
+        try:
+            self.set_bases(state["bases"], state.get("scales") or {})
+        except Exception:
+            self.bases, self.scales = old  # a bad checkpoint leaves the projector as it was
+            raise

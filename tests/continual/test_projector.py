@@ -172,6 +172,9 @@ def test_state_dict_round_trip_through_weights_only_checkpoint(tmp_path):
         p.project()
     for a, b in zip(model.parameters(), model2.parameters()):
         assert (a.grad is None and b.grad is None) or torch.equal(a.grad, b.grad)
+    with pytest.raises(ValueError, match=r"bases\['0'\]: expected a \[d, k\] tensor"):
+        restored.load_state_dict({"bases": {"0": torch.zeros(5, 1)}})
+    assert set(restored.bases) == {"0", "2"}  # unchanged after the failed load
 
 
 def test_grouped_convs_rejected_or_skipped():
