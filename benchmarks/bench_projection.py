@@ -50,7 +50,7 @@ def fused_raw(grads, bases, state=None):
 
 def fused_by_layers(grads, bases, state=None):
     """The same op with the CPU kernel's other schedule: one layer after another, BLAS threaded inside each
-    product (instead of row blocks dealt to threads, each running single-threaded BLAS)."""
+    product (instead of row blocks taken by the threads as they become free, each running single-threaded BLAS)."""
     os.environ["ONEFORMORE_PROJECTION_CPU_SCHEDULE"] = "layers"
     try:
         torch.ops.oneformore.project_gradients_(grads, bases, None)
