@@ -23,14 +23,16 @@ OFM_HOST_DEVICE double projection_flops(int64_t rows, int64_t d, int64_t k, bool
   return 4.0 * double(rows) * double(d) * double(k) + (scaled ? 2.0 * double(rows) * double(k) * double(k) : 0.0);
 }
 
-// A row block re-reads all of U (d x k): below this many rows the product becomes memory-bound on U.
-constexpr int64_t kMinBlockRows = 64;
+// A row block re-reads (and BLAS re-packs) all of U (d x k): thinner blocks spend measurably more per row.
+constexpr int64_t kMinBlockRows = 128;
 
-// How many row blocks to cut a layer into so that no block costs much more than `target_flops`,
-// never cutting blocks thinner than kMinBlockRows rows.
-OFM_HOST_DEVICE int64_t row_blocks(int64_t rows, double flops, double target_flops) {
+// How many row blocks to cut a layer into: enough that no block costs much more than `target_flops`, rounded
+// up to a multiple of `threads` (a large layer then splits evenly over the threads), and never blocks thinner
+// than kMinBlockRows rows.
+OFM_HOST_DEVICE int64_t row_blocks(int64_t rows, double flops, double target_flops, int64_t threads) {
   if (rows <= 0) return 0;
   int64_t by_cost = target_flops > 0.0 ? int64_t(flops / target_flops) + 1 : 1;
+  if (by_cost > 1 && threads > 1) by_cost = (by_cost + threads - 1) / threads * threads;
   int64_t by_rows = (rows + kMinBlockRows - 1) / kMinBlockRows;
   int64_t blocks = by_cost < by_rows ? by_cost : by_rows;
   return blocks < 1 ? 1 : blocks;

@@ -52,11 +52,13 @@ void project_gradients_cpu(at::TensorList grads, at::TensorList bases, std::opti
     for (size_t i = 0; i < n; ++i)
       if (mats[i].defined()) project_rows_(mats[i], bases[i], qs[i]);
   } else {
-    const double target = total / double(threads * 8);  // enough blocks for the dynamic balance
+    // Blocks of at most ~1/(2 threads) of the work balance well under list scheduling; larger blocks run the
+    // products more efficiently (a thin block re-packs all of U for few rows).
+    const double target = total / double(threads * 2);
     for (size_t i = 0; i < n; ++i) {
       if (!mats[i].defined()) continue;
       const int64_t rows = mats[i].size(0), d = mats[i].size(1), k = bases[i].size(1);
-      const int64_t parts = row_blocks(rows, projection_flops(rows, d, k, scales.has_value()), target);
+      const int64_t parts = row_blocks(rows, projection_flops(rows, d, k, scales.has_value()), target, threads);
       const int64_t step = (rows + parts - 1) / parts;
       for (int64_t r0 = 0; r0 < rows; r0 += step) {
         const int64_t r = std::min(step, rows - r0);
