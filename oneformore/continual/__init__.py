@@ -1,1 +1,3 @@
 """oneformore.continual"""
+
+from .projector import GradientProjector  # noqa: F401

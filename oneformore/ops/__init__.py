@@ -5,5 +5,6 @@ expected. The raw operators stay callable as ``torch.ops.oneformore.<name>`` (fo
 export and custom dispatch); their fake kernels live beside the wrappers.
 """
 
-from .denoise import ddim_step, ddpm_step  # noqa: E402,F401
-from .anomaly_map import anomaly_map  # noqa: E402,F401
+from .anomaly_map import anomaly_map  # noqa: F401
+from .denoise import ddim_step, ddpm_step  # noqa: F401
+from .projection import project_gradients_  # noqa: F401
