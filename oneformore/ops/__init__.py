@@ -4,3 +4,5 @@ Every wrapper validates its arguments and raises an error that names the argumen
 expected. The raw operators stay callable as ``torch.ops.oneformore.<name>`` (for torch.compile,
 export and custom dispatch); their fake kernels live beside the wrappers.
 """
+
+from .svd import block_residual, gram_update_, isvd_update, randomized_svd  # noqa: E402,F401
