@@ -19,10 +19,10 @@ OFM_HOST_DEVICE void accumulate_energy(double& total, double& residual, T a, T r
   residual += dr * dr;
 }
 
-// Relative threshold under which a singular value of a residual chunk is numerical noise: its direction is
-// dropped from the update basis (its energy is below float32 rounding of the largest one).
-OFM_HOST_DEVICE double negligible_singular_value(double largest, bool is_double) {
-  return largest * (is_double ? 1e-13 : 1e-6);
+// Eigenvalues of a residual's Gram below this are rounding noise of the Gram's dtype (float32 Gram: relative
+// 1e-7 of the largest; float64: 1e-14); their directions are dropped from the update basis.
+OFM_HOST_DEVICE double negligible_eigenvalue(double largest, bool is_double) {
+  return largest * (is_double ? 1e-14 : 1e-6);
 }
 
 }  // namespace svd

@@ -132,7 +132,7 @@ def isvd_output_rank(r: int, n: int, d: int, max_rank: int, chunk_rows: int) -> 
         return min(r, max_rank)
     for start in range(0, n, chunk_rows):
         c = min(chunk_rows, n - start)
-        r = min(max_rank, d, r + min(c, d))
+        r = min(max_rank, d, r + c)
     return r
 
 

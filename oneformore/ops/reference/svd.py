@@ -29,6 +29,8 @@ def isvd_update(U, S, blocks, max_rank: int, chunk_rows: int = 256):
         M = torch.cat([u * s, a.T], dim=1)
         Um, Sm, _ = torch.linalg.svd(M, full_matrices=False)
         k = isvd_output_rank(u.shape[1], a.shape[0], a.shape[1], max_rank, chunk_rows)
+        Um = torch.cat([Um, Um.new_zeros(Um.shape[0], max(0, k - Um.shape[1]))], dim=1)
+        Sm = torch.cat([Sm, Sm.new_zeros(max(0, k - Sm.shape[0]))])
         U_out.append(Um[:, :k])
         S_out.append(Sm[:k])
         energies.append([float(a.double().square().sum()), float(Sm[k:].double().square().sum())])
