@@ -19,8 +19,9 @@ OFM_HOST_DEVICE void accumulate_energy(double& total, double& residual, T a, T r
   residual += dr * dr;
 }
 
-// Eigenvalues of a residual's Gram below this are rounding noise of the Gram's dtype (float32 Gram: relative
-// 1e-7 of the largest; float64: 1e-14); their directions are dropped from the update basis.
+// Eigenvalues of a Gram (the residual's, or the core's K·Kᵀ) below this are at the level of the rounding noise
+// of the Gram's dtype (float32: 1e-6 of the largest, i.e. σ < 1e-3·σ_max; float64: 1e-14): their eigenvectors
+// are not reliable, so their directions are dropped from the basis and their energy is reported as dropped.
 OFM_HOST_DEVICE double negligible_eigenvalue(double largest, bool is_double) {
   return largest * (is_double ? 1e-14 : 1e-6);
 }

@@ -101,7 +101,8 @@ double brand_update(at::Tensor& U, at::Tensor& S, const at::Tensor& A, int64_t m
 
   const int64_t k = std::min<int64_t>({max_rank, d, r + c});
   const double lam_max = lam[0].item<double>();
-  at::Tensor live = lam.narrow(0, 0, k).gt(lam_max * (is_double ? 1e-24 : 1e-12)).to(A.scalar_type());
+  // Below the core's precision an eigenvector mixes in the zeroed directions: such slots are emptied too.
+  at::Tensor live = lam.narrow(0, 0, k).gt(negligible_eigenvalue(lam_max, is_double)).to(A.scalar_type());
   at::Tensor Xk = X.narrow(1, 0, k) * live.unsqueeze(0);
   // U_new = U·X₁ + R·Y with Y = Vr·diag(1/sig)·X₂ (R = Rtᵀ), i.e. [U, Q]·X without forming Q
   at::Tensor Y = at::matmul(Vr * inv_sig.unsqueeze(0), Xk.narrow(0, r, c));

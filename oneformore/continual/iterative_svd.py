@@ -68,6 +68,17 @@ class _LayerState:
     extra: dict = field(default_factory=dict)
 
 
+def _orthonormalise(basis: torch.Tensor) -> torch.Tensor:
+    """QR with a positive diagonal: keeps the span of every leading set of columns (so an old basis placed first
+    is kept as is, up to rounding) and removes the float32 drift of the streamed factors."""
+    if basis.shape[1] == 0:
+        return basis.contiguous()
+    Q, R = torch.linalg.qr(basis.double())
+    signs = torch.sign(torch.diagonal(R))
+    signs[signs == 0] = 1.0
+    return (Q * signs).to(basis.dtype).contiguous()
+
+
 class IterativeSVD:
     """Streaming GPM bases for many layers at once.
 
@@ -281,7 +292,7 @@ class IterativeSVD:
                     f"{truncated / total:.2%} was dropped by max_rank={self.max_rank}; raise max_rank",
                     stacklevel=2,
                 )
-            out[name] = LayerSpectrum(basis.contiguous(), r, total, accumulated * total, truncated, tau, state.mode)
+            out[name] = LayerSpectrum(_orthonormalise(basis), r, total, accumulated * total, truncated, tau, state.mode)
         return out
 
     def bases(self) -> dict[str, torch.Tensor]:
