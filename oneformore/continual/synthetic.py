@@ -52,7 +52,7 @@ class SpectralMatrix:
     def total_energy(self) -> float:
         return float((self.sigma**2).sum())
 
-    def rows(self, start: int, stop: int, *, piece: int = 128) -> torch.Tensor:
+    def rows(self, start: int, stop: int, *, piece: int = 32) -> torch.Tensor:
         """Rows [start, stop) of A as a [stop - start, d] tensor (float64 temporaries of ``piece`` rows only)."""
         out = torch.empty(stop - start, self.d, dtype=self.dtype)
         freqs = np.arange(self.d) * (math.pi / self.n_rows)
