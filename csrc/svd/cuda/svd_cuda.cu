@@ -2,10 +2,13 @@
 // grid-stride reduction kernel for both Frobenius energies (double accumulators, one atomic per block).
 // gram_update_ and isvd_update are ATen compositions (cuBLAS/cuSOLVER) shared with the CPU.
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "common/checks.h"
@@ -64,8 +67,11 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> block_residual_cuda(at::TensorLi
   }
   const c10::cuda::CUDAGuard guard(blocks[0].device());
   at::Tensor energies = at::zeros({L, 2}, blocks[0].options().dtype(at::kDouble));
-  auto stream = at::cuda::getCurrentCUDAStream();
-  const int max_blocks = at::cuda::getCurrentDeviceProperties()->multiProcessorCount * 8;
+  // (ATen/cuda/CUDAContext.h would pull in cuSPARSE headers the build does not need)
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  int sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, blocks[0].get_device()));
+  const int max_blocks = std::max(1, sms) * 8;
   for (int64_t l = 0; l < L; ++l) {
     const at::Tensor A = blocks[l].contiguous();
     at::Tensor R = ofm::svd::residual_product(A, bases[l].contiguous());
