@@ -2,7 +2,9 @@
 
     python benchmarks/svd_memory.py METHOD   (METHOD: iterative, linalg_svd, svd_lowrank, sklearn, randomized_svd)
 
-Prints one JSON line: the peak resident memory (resource.getrusage max RSS) minus the baseline measured after the
+Prints one JSON line: the peak resident memory (VmHWM, the counter behind resource.getrusage's max RSS, reset
+through /proc/self/clear_refs once the imports are done, whose transient peak would otherwise hide the method's)
+minus the baseline measured after the
 imports (torch, oneformore, scikit-learn) and the block generator's set-up (and minus a second baseline taken
 after one small BLAS/LAPACK call of each kind), the wall time of the method, and the
 energy its rank-r basis captures relative to the exact SVD (r = the GPM threshold rank, 0.97). The streaming method
@@ -27,7 +29,18 @@ ROWS, D, BLOCK, MAX_RANK, CHUNK = 20000, 2304, 512, 256, 128
 
 
 def max_rss_bytes() -> int:
+    """Peak resident memory since the last reset_peak() (VmHWM, the counter getrusage's ru_maxrss reports)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def reset_peak() -> None:
+    """Resets the peak to the current RSS (Linux >= 4.0): the imports' transient peak would hide the method's."""
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")
 
 
 def right_basis(method: str, matrix: SpectralMatrix) -> torch.Tensor:
@@ -53,6 +66,7 @@ def right_basis(method: str, matrix: SpectralMatrix) -> torch.Tensor:
 def main(method: str) -> None:
     torch.manual_seed(0)
     matrix = SpectralMatrix(ROWS, decaying_spectrum(D), seed=0)
+    reset_peak()
     baseline = max_rss_bytes()
     # MKL keeps the buffers of its first GEMM/eigensolver calls for the life of the process (~10 MB, whatever
     # the method): a second figure is taken over a baseline after a small call of each kind.
@@ -60,6 +74,8 @@ def main(method: str) -> None:
     torch.linalg.eigh(x @ x.T)
     torch.linalg.svd(x)
     torch.linalg.qr(x)
+    del x
+    reset_peak()
     warmed = max_rss_bytes()
     start = time.perf_counter()
     basis = right_basis(method, matrix)
