@@ -27,7 +27,7 @@ order, so every rank gets the bases of the union of the shards.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -65,7 +65,6 @@ class _LayerState:
     residual: float = 0.0
     truncated: float = 0.0
     rows: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 def _orthonormalise(basis: torch.Tensor) -> torch.Tensor:
