@@ -1,0 +1,65 @@
+"""Subspace of a 20000×2304 activation matrix (rank set by GPM's 0.97 threshold, cap 256): IterativeSVD streaming
+blocks of 512 rows vs torch.linalg.svd, torch.svd_lowrank, oneformore.ops.randomized_svd and scikit-learn's
+randomized_svd on the materialised matrix. Time: pytest-benchmark, in process, on pre-generated data (the stream
+gets the same rows as a list of blocks). Peak memory: benchmarks/svd_memory.py in a fresh process per method
+(generation on the fly for the stream), recorded in extra_info.
+
+    python -m pytest benchmarks/bench_svd.py --benchmark-only --benchmark-group-by=group
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from sklearn.utils.extmath import randomized_svd as sk_randomized_svd
+
+import oneformore.ops
+from oneformore.continual import IterativeSVD
+from oneformore.continual.synthetic import SpectralMatrix, decaying_spectrum
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROWS, D, BLOCK, MAX_RANK, CHUNK = 20000, 2304, 512, 256, 128
+METHODS = ["iterative", "linalg_svd", "svd_lowrank", "randomized_svd", "sklearn"]
+
+
+@pytest.fixture(scope="module")
+def matrix():
+    return SpectralMatrix(ROWS, decaying_spectrum(D), seed=0)
+
+
+@pytest.fixture(scope="module")
+def materialised(matrix):
+    return matrix.materialise()
+
+
+def memory(method: str) -> dict:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, os.path.join(HERE, "svd_memory.py"), method], env=env, check=True,
+                         capture_output=True, text=True, timeout=1200)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run(method: str, A: torch.Tensor):
+    if method == "iterative":
+        builder = IterativeSVD(0.97, max_rank=MAX_RANK, chunk_rows=CHUNK)
+        for start in range(0, A.shape[0], BLOCK):
+            builder.update({"layer": A[start : start + BLOCK]})
+        return builder.bases()["layer"]
+    if method == "linalg_svd":
+        return torch.linalg.svd(A, full_matrices=False)[2][:MAX_RANK].T
+    if method == "svd_lowrank":
+        return torch.svd_lowrank(A, q=MAX_RANK, niter=2)[2]
+    if method == "randomized_svd":
+        return oneformore.ops.randomized_svd(A, MAX_RANK - 10, oversample=10, n_iter=2)[2]
+    return torch.from_numpy(sk_randomized_svd(A.numpy(), MAX_RANK - 10, n_oversamples=10, n_iter=2,
+                                              random_state=0)[2].T.copy())
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_subspace_20000x2304(benchmark, method, materialised):
+    benchmark.group = "svd: rank-256 subspace of 20000x2304"
+    benchmark.extra_info.update(memory(method))
+    benchmark.pedantic(run, args=(method, materialised), rounds=1, iterations=1, warmup_rounds=0)
