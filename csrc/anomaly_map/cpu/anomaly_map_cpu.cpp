@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "common/cpu_vec.h"
 #include "anomaly_map/anomaly_map.h"
 #include "anomaly_map/anomaly_map_host.h"
 
@@ -17,18 +18,9 @@ namespace oneformore {
 namespace anomaly_map {
 namespace {
 
-using Vec = at::vec::Vectorized<float>;
-constexpr int64_t kBlock = 2 * Vec::size();
-
-template <typename scalar_t>
-inline void load2(const scalar_t* p, Vec& a, Vec& b) {
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    a = Vec::loadu(p);
-    b = Vec::loadu(p + Vec::size());
-  } else {
-    std::tie(a, b) = at::vec::convert_to_float<scalar_t>(at::vec::Vectorized<scalar_t>::loadu(p));
-  }
-}
+using cpu_vec::kBlock;
+using cpu_vec::load2;
+using cpu_vec::Vec;
 
 inline float hsum(const Vec& v) {
   float buf[Vec::size()];

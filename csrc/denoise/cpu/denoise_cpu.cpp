@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "common/cpu_vec.h"
 #include "denoise/denoise.h"
 #include "denoise/denoise_host.h"
 
@@ -18,28 +19,10 @@ namespace oneformore {
 namespace denoise {
 namespace {
 
-using Vec = at::vec::Vectorized<float>;
-constexpr int64_t kBlock = 2 * Vec::size();  // one Vectorized<Half/BFloat16> widens to two float vectors
-
-template <typename scalar_t>
-inline void load2(const scalar_t* p, Vec& a, Vec& b) {
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    a = Vec::loadu(p);
-    b = Vec::loadu(p + Vec::size());
-  } else {
-    std::tie(a, b) = at::vec::convert_to_float<scalar_t>(at::vec::Vectorized<scalar_t>::loadu(p));
-  }
-}
-
-template <typename scalar_t>
-inline void store2(scalar_t* p, const Vec& a, const Vec& b) {
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    a.store(p);
-    b.store(p + Vec::size());
-  } else {
-    at::vec::convert_from_float<scalar_t>(a, b).store(p);
-  }
-}
+using cpu_vec::kBlock;
+using cpu_vec::load2;
+using cpu_vec::store2;
+using cpu_vec::Vec;
 
 enum MaskMode { kNoMask = 0, kMaskSpan = 1 };
 constexpr int64_t kSpreadChunk = 1024;  // elements per spread NHWC mask chunk
