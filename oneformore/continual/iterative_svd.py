@@ -267,24 +267,13 @@ class IterativeSVD:
             ratios = (sigma2 / total).tolist()
             if state.old_basis is None:
                 # smallest r with Σ_{i<r} σ_i² / total >= τ
-                accumulated, r = 0.0, 0
-                for value in ratios:
-                    if accumulated >= tau:
-                        break
-                    accumulated += value
-                    r += 1
-                reached = accumulated >= tau - 1e-12
+                r, accumulated = _rank_for_threshold(ratios, 0.0, tau)
                 basis = U[:, :r]
             else:
                 # GPM update_GPM: start from the energy the old basis explains, add residual directions
-                accumulated, r = (total - residual) / total, 0
-                for value in ratios:
-                    if accumulated >= tau:
-                        break
-                    accumulated += value
-                    r += 1
-                reached = accumulated >= tau - 1e-12
+                r, accumulated = _rank_for_threshold(ratios, (total - residual) / total, tau)
                 basis = torch.cat([state.old_basis, U[:, :r]], dim=1)[:, : state.d]
+            reached = accumulated >= tau - 1e-12
             if not reached and truncated > 0.0:
                 warnings.warn(
                     f"IterativeSVD: layer '{name}' reaches only {accumulated:.4f} of the energy (threshold {tau}): "
@@ -321,3 +310,12 @@ class IterativeSVD:
         return total
 
 
+def _rank_for_threshold(ratios: list[float], accumulated: float, tau: float) -> tuple[int, float]:
+    """Adds energy ratios (largest first) to ``accumulated`` until it reaches ``tau``: (count added, energy)."""
+    r = 0
+    for value in ratios:
+        if accumulated >= tau:
+            break
+        accumulated += value
+        r += 1
+    return r, accumulated
