@@ -147,6 +147,34 @@ def test_unet60_bfloat16(benchmark, layers_bf16, method):
     benchmark.pedantic(METHODS[method], args=(grads, bases, None), rounds=5, warmup_rounds=1)
 
 
+def detector_projector(config: str):
+    """The continual detector's own denoiser (UNet + control branch, preset ``config``) with random gradients on
+    every projectable layer and orthonormal bases with k = d // 2, through the real GradientProjector."""
+    from oneformore.config import load_config
+    from oneformore.continual import GradientProjector
+    from oneformore.models.build import build_networks
+
+    denoiser = build_networks(load_config(config)).denoiser
+    projector = GradientProjector(denoiser)
+    gen = torch.Generator().manual_seed(0)
+    bases = {}
+    for name, layer in projector.layers.items():
+        layer.weight.grad = torch.randn(layer.weight.shape, generator=gen)
+        d = layer.weight[0].numel()
+        bases[name] = torch.linalg.qr(torch.randn(d, d // 2, generator=gen))[0].contiguous()
+    projector.set_bases(bases)
+    grads = [projector.layers[n].weight.grad for n in projector.projected_layers()]
+    return projector, grads, [bases[n] for n in projector.projected_layers()]
+
+
+@pytest.mark.parametrize("method", ["projector", "eager_loop"])
+def test_detector_tiny_unet(benchmark, method):
+    projector, grads, bases = detector_projector("tiny")
+    benchmark.group = f"projection: the tiny detector's denoiser ({len(grads)} layers), float32 grads"
+    run = (lambda: projector.project()) if method == "projector" else (lambda: eager_loop(grads, bases))
+    benchmark.pedantic(run, rounds=20, warmup_rounds=2)
+
+
 # --- peak memory, one fresh process per method -------------------------------------------------------------------
 
 def _status_kib(field: str) -> int:
