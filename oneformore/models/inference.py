@@ -1,0 +1,87 @@
+"""Test-time path of the continual diffusion detector: reconstruct the input, then score it.
+
+As the One-for-More / DiAD code does: the input is encoded (latent space) or taken as is (pixel space), noised to
+an intermediate timestep ``t_start``, denoised in ``steps`` DDIM steps (the fused ``ddim_step``) by the controlled
+denoiser conditioned on the whole input (anomaly masking is a training-time device only: at test time the
+condition's mask channel is zero), and decoded. The anomaly map is the fused ``anomaly_map`` between the frozen
+backbone's features of the input and of the reconstruction (per-scale L2 over channels, bilinear to the image
+size with align_corners=True, summed over scales, Gaussian-smoothed); the image score follows
+:func:`oneformore.metrics.image_score.image_scores`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .. import ops
+from ..diffusion import NoiseSchedule, Sampler
+from ..metrics.image_score import image_scores
+from ..ops import reference
+from .amn import condition
+from .backbone import MultiScaleBackbone
+from .build import DiffusionNetworks
+
+
+@dataclass
+class InferenceConfig:
+    """``t_start``: timestep the input is noised to (One-for-More's code uses 999 with 1000 steps); ``steps``: DDIM
+    steps from there; ``eta``: DDIM stochasticity; ``distance``/``fusion``/``sigma``: the anomaly map;
+    ``image_score``/``pool_size``: the image score rule; ``eager``: reference ops instead of the fused ones."""
+
+    t_start: int = 999
+    steps: int = 10
+    eta: float = 0.0
+    distance: str = "l2"
+    fusion: str = "sum"
+    sigma: float = 4.0
+    image_score: str = "max"
+    pool_size: int = 16
+    eager: bool = False
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ValueError(f"steps: expected >= 1, got {self.steps}")
+        if self.t_start < 0:
+            raise ValueError(f"t_start: expected >= 0, got {self.t_start}")
+
+
+class AnomalyScorer(nn.Module):
+    """Reconstructs images with the diffusion networks and scores them against the input (see module docstring)."""
+
+    def __init__(self, networks: DiffusionNetworks, backbone: MultiScaleBackbone, schedule: NoiseSchedule,
+                 cfg: InferenceConfig | None = None):
+        super().__init__()
+        self.cfg = cfg or InferenceConfig()
+        if self.cfg.t_start >= len(schedule):
+            raise ValueError(f"t_start: expected < {len(schedule)} (the schedule's length), got {self.cfg.t_start}")
+        self.denoiser, self.autoencoder, self.backbone = networks.denoiser, networks.autoencoder, backbone
+        self.sampler = Sampler(schedule, "ddim", eta=self.cfg.eta, eager=self.cfg.eager)
+
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The detector's "normal" version of ``images`` ([B, 3, H, W], normalised like the training images)."""
+        x0 = images if self.autoencoder is None else self.autoencoder.encode_latent(images)
+        cond = condition(images)  # whole image, zero mask channel
+
+        def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.denoiser(x, t, cond)
+
+        z = self.sampler.reconstruct(model_fn, x0, self.cfg.t_start, self.cfg.steps, generator=generator)
+        return z if self.autoencoder is None else self.autoencoder.decode_latent(z)
+
+    @torch.no_grad()
+    def anomaly_map(self, images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
+        """[B, 1, H, W] float32: backbone-feature distance between ``images`` and ``reconstructions``."""
+        op = reference.anomaly_map if self.cfg.eager else ops.anomaly_map
+        return op(self.backbone(images), self.backbone(reconstructions), tuple(images.shape[-2:]),
+                  distance=self.cfg.distance, fusion=self.cfg.fusion, sigma=self.cfg.sigma)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None):
+        """(maps [B, 1, H, W], image scores [B], reconstructions [B, 3, H, W])."""
+        recon = self.reconstruct(images, generator)
+        maps = self.anomaly_map(images, recon)
+        return maps, image_scores(maps, self.cfg.image_score, self.cfg.pool_size), recon
