@@ -14,14 +14,11 @@ import sys
 
 import pytest
 import torch
-from sklearn.utils.extmath import randomized_svd as sk_randomized_svd
+from svd_memory import BLOCK, D, ROWS, matrix_basis, stream_basis  # benchmarks/ is on sys.path under pytest
 
-import oneformore.ops
-from oneformore.continual import IterativeSVD
 from oneformore.continual.synthetic import SpectralMatrix, decaying_spectrum
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROWS, D, BLOCK, MAX_RANK, CHUNK = 20000, 2304, 512, 256, 128
 METHODS = ["iterative", "linalg_svd", "svd_lowrank", "randomized_svd", "sklearn"]
 
 
@@ -44,18 +41,8 @@ def memory(method: str) -> dict:
 
 def run(method: str, A: torch.Tensor):
     if method == "iterative":
-        builder = IterativeSVD(0.97, max_rank=MAX_RANK, chunk_rows=CHUNK)
-        for start in range(0, A.shape[0], BLOCK):
-            builder.update({"layer": A[start : start + BLOCK]})
-        return builder.bases()["layer"]
-    if method == "linalg_svd":
-        return torch.linalg.svd(A, full_matrices=False)[2][:MAX_RANK].T
-    if method == "svd_lowrank":
-        return torch.svd_lowrank(A, q=MAX_RANK, niter=2)[2]
-    if method == "randomized_svd":
-        return oneformore.ops.randomized_svd(A, MAX_RANK - 10, oversample=10, n_iter=2)[2]
-    return torch.from_numpy(sk_randomized_svd(A.numpy(), MAX_RANK - 10, n_oversamples=10, n_iter=2,
-                                              random_state=0)[2].T.copy())
+        return stream_basis(A[start : start + BLOCK] for start in range(0, A.shape[0], BLOCK))
+    return matrix_basis(method, A)
 
 
 @pytest.mark.parametrize("method", METHODS)
