@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import info
+from . import demo, evaluate, info, predict, train
 
-VERBS = [info]
+VERBS = [train, evaluate, predict, demo, info]
 
 
 def build_parser() -> argparse.ArgumentParser:

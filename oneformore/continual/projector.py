@@ -130,6 +130,33 @@ class GradientProjector:
         if grads:
             torch.ops.oneformore.project_gradients_(grads, bases, scales if use_scales else None)
 
+    @torch.no_grad()
+    def snapshot_weights(self) -> None:
+        """Remembers the projected layers' weights before an optimizer step (see :meth:`project_update`)."""
+        self._before = {name: self.layers[name].weight.detach().clone() for name in self.projected_layers()}
+
+    @torch.no_grad()
+    def project_update(self) -> None:
+        """Projects the weight *update* of the step since :meth:`snapshot_weights` off the bases, in one fused call.
+
+        Projecting the gradient keeps W·U fixed only for optimizers whose update is linear in the gradient (SGD).
+        Adam divides each coordinate by its own running scale and weight decay shrinks W itself, so both leak
+        into the old subspace; projecting ΔW = W_after − W_before as well makes W·U exactly invariant for any
+        optimizer, at the cost of one more fused projection per step."""
+        before = getattr(self, "_before", None)
+        if not before:
+            return
+        deltas, bases, weights = [], [], []
+        for name, w0 in before.items():
+            w = self.layers[name].weight
+            deltas.append(w.detach() - w0)
+            bases.append(self.bases[name])
+            weights.append((w, w0))
+        torch.ops.oneformore.project_gradients_(deltas, bases, None)
+        for (w, w0), delta in zip(weights, deltas):
+            w.copy_(w0 + delta)
+        self._before = {}
+
     def register_optimizer_hook(self, optimizer: torch.optim.Optimizer):
         """Runs :meth:`project` before every ``optimizer.step()``; returns the hook handle (``.remove()``)."""
         return optimizer.register_step_pre_hook(lambda opt, args, kwargs: self.project())

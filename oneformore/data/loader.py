@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import torch
 from torch.utils.data import DataLoader, default_collate
 
 from .base import AnomalyDataset
@@ -41,3 +42,14 @@ class SkippingLoader:
 def anomaly_loader(dataset: AnomalyDataset, batch_size: int = 8, shuffle: bool = False, **kwargs) -> SkippingLoader:
     """A DataLoader over ``dataset`` that tolerates the None samples of ``skip_bad=True``."""
     return SkippingLoader(DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=_collate_skipping, **kwargs))
+
+
+def collate_samples(samples: list) -> dict:
+    """Stacks the tensors of sample dicts and keeps the rest as lists (skipping None: unreadable images)."""
+    samples = [s for s in samples if s is not None]
+    if not samples:
+        raise ValueError("batch: every sample was unreadable")
+    keys = samples[0].keys()
+    return {k: torch.stack([s[k] for s in samples]) if isinstance(samples[0][k], torch.Tensor)
+            else torch.tensor([s[k] for s in samples]) if isinstance(samples[0][k], (int, bool))
+            else [s[k] for s in samples] for k in keys}

@@ -100,6 +100,8 @@ class AutoencoderKL(nn.Module):
         dec += [norm(widths[0], g), nn.SiLU(), nn.Conv2d(widths[0], cfg.in_channels, 3, padding=1)]
         self.decoder = nn.Sequential(*dec)
         self.register_buffer("scale", torch.ones(()))
+        # set once trained and calibrated (a detector trains its autoencoder once, before the first task)
+        self.register_buffer("trained", torch.zeros((), dtype=torch.bool))
 
     @property
     def downsampling(self) -> int:

@@ -4,7 +4,10 @@ As the One-for-More / DiAD code does: the input is encoded (latent space) or tak
 an intermediate timestep ``t_start``, denoised in ``steps`` DDIM steps (the fused ``ddim_step``) by the controlled
 denoiser conditioned on the whole input (anomaly masking is a training-time device only: at test time the
 condition's mask channel is zero), and decoded. The anomaly map is the fused ``anomaly_map`` between the frozen
-backbone's features of the input and of the reconstruction (per-scale L2 over channels, bilinear to the image
+backbone's features of the reference and of the reconstruction, where the reference is, by default
+(``reference="autoencoded"``, as in the One-for-More code), the input passed through the autoencoder
+(decode(encode(x))) so that the autoencoder's own error, shared by both, cancels; ``reference="input"`` compares
+with the input itself (the only choice in pixel space) (per-scale L2 over channels, bilinear to the image
 size with align_corners=True, summed over scales, Gaussian-smoothed); the image score follows
 :func:`oneformore.metrics.image_score.image_scores`.
 """
@@ -25,11 +28,15 @@ from .backbone import MultiScaleBackbone
 from .build import DiffusionNetworks
 
 
+REFERENCES = ("autoencoded", "input")
+
+
 @dataclass
 class InferenceConfig:
     """``t_start``: timestep the input is noised to (One-for-More's code uses 999 with 1000 steps); ``steps``: DDIM
     steps from there; ``eta``: DDIM stochasticity; ``distance``/``fusion``/``sigma``: the anomaly map;
-    ``image_score``/``pool_size``: the image score rule; ``eager``: reference ops instead of the fused ones."""
+    ``image_score``/``pool_size``: the image score rule; ``reference``: "autoencoded" or "input" (see the module
+    docstring); ``eager``: reference ops instead of the fused ones."""
 
     t_start: int = 999
     steps: int = 10
@@ -39,6 +46,7 @@ class InferenceConfig:
     sigma: float = 4.0
     image_score: str = "max"
     pool_size: int = 16
+    reference: str = "autoencoded"
     eager: bool = False
 
     def __post_init__(self):
@@ -46,6 +54,8 @@ class InferenceConfig:
             raise ValueError(f"steps: expected >= 1, got {self.steps}")
         if self.t_start < 0:
             raise ValueError(f"t_start: expected >= 0, got {self.t_start}")
+        if self.reference not in REFERENCES:
+            raise ValueError(f"reference: expected one of {REFERENCES}, got {self.reference!r}")
 
 
 class AnomalyScorer(nn.Module):
@@ -80,8 +90,15 @@ class AnomalyScorer(nn.Module):
                   distance=self.cfg.distance, fusion=self.cfg.fusion, sigma=self.cfg.sigma)
 
     @torch.no_grad()
+    def reference_images(self, images: torch.Tensor) -> torch.Tensor:
+        """What the reconstruction is compared with (see the module docstring)."""
+        if self.autoencoder is None or self.cfg.reference == "input":
+            return images
+        return self.autoencoder(images)
+
+    @torch.no_grad()
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None):
         """(maps [B, 1, H, W], image scores [B], reconstructions [B, 3, H, W])."""
         recon = self.reconstruct(images, generator)
-        maps = self.anomaly_map(images, recon)
+        maps = self.anomaly_map(self.reference_images(images), recon)
         return maps, image_scores(maps, self.cfg.image_score, self.cfg.pool_size), recon

@@ -9,7 +9,8 @@ randomness a function of its index: resumed and uninterrupted runs draw the same
 What one step does: forward under autocast (GPU only: bf16 or fp16; fp32 everywhere on CPU) → backward (loss scaled
 for fp16) → unscale → ``pre_step_hooks`` (each called as ``hook(trainer)`` with the gradients in ``.grad``: the
 gradient projector registers here) → gradient clipping by global norm → AdamW step with the learning rate of the
-cosine schedule with linear warmup → EMA update of the weights.
+cosine schedule with linear warmup → ``post_step_hooks`` (``hook(trainer)`` after the weights changed: the
+projector's exact update projection registers here) → EMA update of the weights.
 
 Data: a map-style dataset; the order is a seeded permutation per epoch, and global step s takes the slice
 [s·B·W, (s+1)·B·W) of it (B = ``batch_size`` per process, W = world size; rank r takes its B). So the data of any step
@@ -244,6 +245,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype is torch.float16)
         self.ema = self._init_ema() if config.ema_decay > 0 else None
         self.pre_step_hooks: list[Callable[["Trainer"], None]] = []
+        self.post_step_hooks: list[Callable[["Trainer"], None]] = []
         self.extra_state: dict[str, Any] = {}
         self.step = 0
         self.history: list[float] = []
@@ -345,6 +347,8 @@ class Trainer:
             self.last_grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip))
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        for hook in self.post_step_hooks:
+            hook(self)
         self.step += 1
         if self.ema is not None:
             self._update_ema()

@@ -1,0 +1,108 @@
+"""The continual diffusion detector as one module with the interface every detector model of the package has.
+
+Detector-model interface (what :class:`oneformore.detector.Detector` and the trainer rely on):
+
+- ``training_loss(batch, generator) -> Tensor``: the scalar loss of one step (the trainer's model interface);
+- ``score(images, generator=None) -> {output name: (maps [B, 1, H, W], image scores [B])}``: the first entry is the
+  detector's primary output; others are extra outputs reported alongside (the refiner's coarse output);
+- ``activation_pass(batch, generator)``: one forward pass of the trainable networks on inputs distributed like
+  the training inputs, run under the activation collector's hooks to build the gradient-projection bases;
+- ``trainable``: the module holding every trainable network (what the gradient projector covers);
+- ``prepare(dataset, out_dir, progress)`` (optional): a stage that runs once before the first task.
+
+Here: ``prepare`` trains the autoencoder (latent space) on the first task's images and freezes it, as the paper's
+latent diffusion uses a frozen pretrained autoencoder; ``training_loss`` is the ε-objective with AMN-masked
+conditions (:mod:`oneformore.models.objective`); ``score`` is :class:`~oneformore.models.inference.AnomalyScorer`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..data.loader import collate_samples
+from ..diffusion import NoiseSchedule
+from ..train import Trainer, TrainerConfig
+from .amn import masked_condition
+from .backbone import load_backbone
+from .build import build_networks
+from .inference import AnomalyScorer, InferenceConfig
+from .objective import DenoisingObjective
+
+
+def build_schedule(config: dict) -> NoiseSchedule:
+    diffusion = config.get("diffusion", {})
+    return NoiseSchedule(diffusion.get("schedule", "linear"), int(diffusion.get("num_steps", 1000)))
+
+
+class ContinualDiffusionModel(nn.Module):
+    """UNet + control branch (+ autoencoder) + frozen backbone, built from a resolved config (``tiny``/``base``)."""
+
+    def __init__(self, config: dict, backbone: nn.Module | None = None):
+        super().__init__()
+        self.config = config
+        self.networks = build_networks(config)
+        schedule = build_schedule(config)
+        self.objective = DenoisingObjective(self.networks, torch.as_tensor(schedule.alphas_cumprod))
+        if backbone is None:
+            bb = config["backbone"]
+            backbone = load_backbone(bb["name"], bb.get("weights"), tuple(bb.get("strides", (4, 8, 16))))
+        self.backbone = backbone.requires_grad_(False).eval()
+        self.scorer = AnomalyScorer(self.networks, self.backbone, schedule,
+                                    InferenceConfig(**config.get("inference", {})))
+
+    @property
+    def trainable(self) -> nn.Module:
+        return self.networks.denoiser
+
+    @property
+    def autoencoder(self):
+        return self.networks.autoencoder
+
+    def train(self, mode: bool = True) -> "ContinualDiffusionModel":
+        super().train(mode)
+        self.backbone.eval()
+        self.objective.train(mode)  # keeps the autoencoder in eval mode
+        return self
+
+    def training_loss(self, batch, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.objective.training_loss(batch, generator)
+
+    @torch.no_grad()
+    def activation_pass(self, batch, generator: torch.Generator | None = None) -> None:
+        """The denoiser on training-like inputs: x_t at a random timestep per image, AMN-masked condition."""
+        images = batch["image"]
+        x0 = self.objective.to_x0(images)
+        b = x0.shape[0]
+        alphas = self.objective.alphas_cumprod
+        t = torch.randint(0, len(alphas), (b,), generator=generator).to(x0.device)
+        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+        a = alphas[t].view(b, 1, 1, 1).to(x0.dtype)
+        cond, _ = masked_condition(images, self.networks.amn, generator)
+        self.networks.denoiser(a.sqrt() * x0 + (1 - a).sqrt() * noise, t, cond)
+
+    @torch.no_grad()
+    def score(self, images: torch.Tensor, generator: torch.Generator | None = None):
+        maps, scores, _ = self.scorer(images, generator)
+        return {"diffusion": (maps, scores)}
+
+    def prepare(self, dataset, out_dir: str | Path, progress: bool = True) -> None:
+        """Trains the autoencoder on ``dataset`` (once: a no-op when it is already trained or in pixel space),
+        calibrates its latent scale, and freezes it."""
+        ae = self.networks.autoencoder
+        if ae is None or bool(ae.trained):
+            return
+
+        cfg = TrainerConfig.from_dict({**self.config["autoencoder_train"], "progress": progress})
+        ae.requires_grad_(True).train()
+        trainer = Trainer(ae, dataset, cfg, Path(out_dir), device=next(ae.parameters()).device,
+                          collate_fn=collate_samples)
+        trainer.fit()
+        ae.load_state_dict(trainer.ema_state_dict())
+        ae.requires_grad_(False).eval()
+        loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, collate_fn=collate_samples)
+        device = next(ae.parameters()).device
+        ae.calibrate_scale(batch["image"].to(device) for batch in loader)
+        ae.trained.fill_(True)
