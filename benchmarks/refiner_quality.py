@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from oneformore.config import load_config
 from oneformore.data import AnomalyTransform, MVTecAD
 from oneformore.models.refiner import build_refiner
+from oneformore.models.refiner.config import InferenceConfig
 from oneformore.models.refiner.evaluation import evaluate_outputs
 from oneformore.train import Trainer, TrainerConfig
 
@@ -59,6 +60,9 @@ def main() -> None:
     ap.add_argument("--data", default=os.environ.get("ONEFORMORE_TEST_DATA", "../shared/data"))
     ap.add_argument("--out", default="runs/refiner_quality")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave the default)")
+    ap.add_argument("--sweep", default="", help="extra evaluations after training, ';'-separated groups of "
+                    "','-separated inference overrides, e.g. 'inference.t_start=400;inference.t_start=800,"
+                    "inference.steps=5' (an ablation: every setting is reported, none is selected)")
     ap.add_argument("overrides", nargs="*", help="dotted KEY=VALUE config overrides")
     args = ap.parse_args()
     if args.threads:
@@ -79,11 +83,17 @@ def main() -> None:
     results = evaluate_outputs(model, test, batch_size=16)
     test_s = time.perf_counter() - start
     record = {"config": config, "categories": cats, "train_seconds": train_s, "test_seconds": test_s,
-              "final_loss": history[-1] if history else None, "results": results}
+              "final_loss": history[-1] if history else None, "results": results, "sweep": {}}
+    print(table(results))
+    print(f"train {train_s:.0f} s, test {test_s:.0f} s, threads {torch.get_num_threads()}", flush=True)
+    for group in filter(None, args.sweep.split(";")):
+        swept = load_config(args.config, [*args.overrides, *group.split(",")])
+        model.inference = InferenceConfig(**swept["inference"])
+        res = evaluate_outputs(model, test, batch_size=16)
+        record["sweep"][group] = res
+        print(f"\n{group}\n{table(res)}", flush=True)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "metrics.json").write_text(json.dumps(record, indent=2))
-    print(table(results))
-    print(f"train {train_s:.0f} s, test {test_s:.0f} s, threads {torch.get_num_threads()}")
 
 
 if __name__ == "__main__":
