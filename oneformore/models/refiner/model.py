@@ -163,8 +163,10 @@ class RefinerDetector(nn.Module):
         keep = (1 - m).contiguous()
         x0 = m * rec + visible
 
+        condition = self.refiner.condition(rec, visible, m)  # fixed during sampling: encoded once
+
         def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return self.refiner(x_t, t, rec, visible, m)
+            return self.refiner.denoise(x_t, t, condition)
 
         sampler = Sampler(self.schedule, "ddim", eta=cfg.eta, eager=cfg.eager)
         refined_k = sampler.reconstruct(model_fn, x0, cfg.t_start, cfg.steps, generator=generator,
