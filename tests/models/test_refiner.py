@@ -150,6 +150,8 @@ def test_argument_errors_name_the_argument(model):
     ("features.grid_stride=32", "features.grid_stride: expected one of the backbone strides"),
     ("transformer.heads=3", "transformer.width .* divisible by transformer.heads"),
     ("refiner.train_t_max=0", "refiner.train_t_max"),
+    ("refiner.prediction=x0", "refiner.prediction: expected 'eps' or 'coarse_anchored'"),
+    ("refiner.min_snr_gamma=-1", "refiner.min_snr_gamma"),
 ])
 def test_config_errors_name_the_key(override, match):
     with pytest.raises(ValueError, match=match):
@@ -211,3 +213,14 @@ def test_trainer_fits_it_and_resumes_exactly(tmp_path, one_thread):
     # the feature statistics were accumulated during training and saved with the model
     state = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["model"]
     assert int(state["normalizer.batches"]) == 4
+
+
+def test_coarse_anchored_refiner_starts_as_the_identity_on_the_coarse_reconstruction():
+    """With the zero-initialised output conv, x̂0 = coarse at every step, so deterministic DDIM returns it."""
+    torch.manual_seed(0)
+    m = build_refiner(small_config("refiner.prediction=coarse_anchored", "refiner.min_snr_gamma=5")).eval()
+    coarse, refined = m.reconstruct_features(torch.randn(2, m.transformer.channels, 8, 8),
+                                             torch.Generator().manual_seed(0))
+    torch.testing.assert_close(refined, coarse, rtol=1e-4, atol=1e-4)
+    loss = m.train().training_loss({"image": torch.randn(2, 3, 64, 64)}, torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss)

@@ -66,8 +66,16 @@ class DiffusionConfig:
     num_steps: int = 1000
     train_t_max: int = 1000  # training timesteps are drawn from [0, train_t_max)
     loss_weight: float = 1.0  # weight of the refiner's ε-loss in the sum with the transformer's loss
+    # "eps": the network's output is ε̂. "coarse_anchored": the output is a correction Δ of the coarse
+    # reconstruction, x̂0 = coarse + Δ, turned into ε̂ = (x_t − √ᾱ·x̂0)/√(1 − ᾱ) (the loss is still on ε̂).
+    prediction: str = "eps"
+    min_snr_gamma: float = 0.0  # > 0: ε-loss weighted by min(SNR, γ)/SNR (Hang et al. 2023); 0: unweighted
 
     def __post_init__(self):
+        if self.prediction not in ("eps", "coarse_anchored"):
+            raise ValueError(f"refiner.prediction: expected 'eps' or 'coarse_anchored', got {self.prediction!r}")
+        if self.min_snr_gamma < 0:
+            raise ValueError(f"refiner.min_snr_gamma: expected >= 0, got {self.min_snr_gamma}")
         if not 1 <= self.train_t_max <= self.num_steps:
             raise ValueError(f"refiner.train_t_max: expected in [1, num_steps={self.num_steps}], "
                              f"got {self.train_t_max}")

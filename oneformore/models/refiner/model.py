@@ -120,9 +120,25 @@ class RefinerDetector(nn.Module):
         noise = torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
         a = self.alphas_cumprod[t].view(b, 1, 1, 1).to(x.dtype)
         x_t = a.sqrt() * x + (1 - a).sqrt() * noise
-        eps = self.refiner(x_t, t, rec.detach(), x * (1 - m), m)
-        refiner_loss = ((eps - noise) ** 2 * m).sum() / denom
+        coarse = rec.detach()
+        eps = self._eps(self.refiner(x_t, t, coarse, x * (1 - m), m), x_t, t, coarse)
+        weight = self._loss_weights(a)
+        refiner_loss = ((eps - noise) ** 2 * m * weight).sum() / denom
         return transformer_loss, refiner_loss
+
+    def _eps(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+        """The refiner's predicted noise from its output (see ``refiner.prediction``)."""
+        if self.diffusion_cfg.prediction == "eps":
+            return out
+        a = self.alphas_cumprod[t].view(-1, 1, 1, 1).to(x_t.dtype)
+        return (x_t - a.sqrt() * (coarse + out)) / (1 - a).sqrt()
+
+    def _loss_weights(self, a: torch.Tensor) -> torch.Tensor | float:
+        gamma = self.diffusion_cfg.min_snr_gamma
+        if gamma <= 0:
+            return 1.0
+        snr = a / (1 - a)
+        return snr.clamp(max=gamma) / snr
 
     def training_loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         """Scalar: transformer inpainting loss + ``refiner.loss_weight`` · refiner ε-loss (masked tokens only)."""
@@ -166,7 +182,7 @@ class RefinerDetector(nn.Module):
         condition = self.refiner.condition(rec, visible, m)  # fixed during sampling: encoded once
 
         def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return self.refiner.denoise(x_t, t, condition)
+            return self._eps(self.refiner.denoise(x_t, t, condition), x_t, t, rec)
 
         sampler = Sampler(self.schedule, "ddim", eta=cfg.eta, eager=cfg.eager)
         refined_k = sampler.reconstruct(model_fn, x0, cfg.t_start, cfg.steps, generator=generator,
