@@ -6,7 +6,11 @@ generator): the frozen backbone's aligned, standardised features x [B, C, h, w];
 (MAE's choice: visible tokens are not the task); the refiner gets the *detached* r as its coarse condition (so
 its training input is distributed as at test time, and its loss does not move the transformer), the visible
 input x·(1 − m), and x_t = √ᾱ_t·x + √(1 − ᾱ_t)·ε with t uniform in [0, train_t_max); its loss is the ε-objective
-(DDPM) over the masked tokens.
+(DDPM) over the masked tokens. ``refiner.prediction: coarse_anchored`` reads the network's output as a correction
+Δ of the coarse reconstruction (x̂0 = coarse + Δ, ε̂ = (x_t − √ᾱ_t·x̂0)/√(1 − ᾱ_t)), so the untrained refiner returns the
+coarse reconstruction exactly and only learns to move away from it; the loss is still the ε-objective, optionally
+weighted by min(SNR, γ)/SNR (min-SNR-γ, Hang et al. 2023), which bounds the x̂0-error weight of small timesteps.
+The paper is silent on both; they are our choices, measured against the plain ε-network in the README.
 
 Scoring: the K complementary masks (:func:`.tokens.complementary_masks`) run as one batch of K·B; partition k's
 coarse result is the transformer output r_k, and the coarse reconstruction takes every token from the partition that
