@@ -57,16 +57,20 @@ CHECKPOINT = "detector.pt"
 
 
 def build_model(config: dict) -> nn.Module:
+    """The model named by ``config['model']``, initialised from ``config['train']['seed']`` without touching the
+    global RNG (two detectors built from one config start from the same weights, wherever they are built)."""
     kind = config.get("model", "continual")
-    if kind == "continual":
-        from .models.continual_model import ContinualDiffusionModel
+    if kind not in ("continual", "refiner"):
+        raise ValueError(f"config 'model': expected 'continual' or 'refiner', got {kind!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(config.get("train", {}).get("seed", 0)))
+        if kind == "continual":
+            from .models.continual_model import ContinualDiffusionModel
 
-        return ContinualDiffusionModel(config)
-    if kind == "refiner":
+            return ContinualDiffusionModel(config)
         from .models.refiner import build_refiner
 
         return build_refiner(config)
-    raise ValueError(f"config 'model': expected 'continual' or 'refiner', got {kind!r}")
 
 
 @dataclass

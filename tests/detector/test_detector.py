@@ -8,6 +8,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -104,8 +105,9 @@ def test_resume_mid_task_gives_the_uninterrupted_weights(tmp_path):
     d2 = Detector("tiny", small(), device="cpu", progress=False)
     d2.fit(TASKS, _source(), tmp_path / "b", test=False)
     s1, s2 = d1.model.state_dict(), d2.model.state_dict()
-    for key in s1:
-        torch.testing.assert_close(s1[key], s2[key], rtol=0, atol=1e-6, msg=key)
+    diffs = {k: float((s1[k].double() - s2[k].double()).abs().max()) for k in s1 if s1[k].is_floating_point()}
+    worst = max(diffs, key=diffs.get)
+    assert diffs[worst] <= 1e-6, (worst, diffs[worst], sorted(diffs.values())[len(diffs) // 2])
 
 
 def test_resume_mid_sequence_skips_finished_tasks(projection_run):
@@ -115,7 +117,9 @@ def test_resume_mid_sequence_skips_finished_tasks(projection_run):
     task0 = (out / "task0" / "last.pt").stat().st_mtime_ns
     rerun = again.fit(TASKS, _source(), out)
     assert (out / "task0" / "last.pt").stat().st_mtime_ns == task0  # not retrained
-    assert rerun.r == result.r and (out / CHECKPOINT).stat().st_mtime_ns >= mtime
+    for metric, r in result.r.items():  # NaN above the diagonal: compare with equal_nan
+        np.testing.assert_array_equal(np.asarray(rerun.r[metric]), np.asarray(r))
+    assert (out / CHECKPOINT).stat().st_mtime_ns >= mtime
 
 
 def test_a_run_directory_of_another_sequence_is_refused(projection_run):
