@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 from .data.source import DataSource  # noqa: E402
 from .detector import R_METRICS, Detector, RunResult  # noqa: E402
 from .report.atomic import atomic_path, write_text_atomic  # noqa: E402
+from .train.distributed import is_main  # noqa: E402
 
 LABELS = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "pixel_aupro": "AUPRO"}
 
@@ -37,7 +38,8 @@ def compare_variants(config, tasks, data: DataSource | str | None, out_dir: str 
         data_source = data if isinstance(data, DataSource) else DataSource(data, image_size=detector.config["image_size"])
         results[variant] = detector.fit(tasks, data_source, out_dir / variant, variant=variant,
                                         shared_dir=out_dir / "shared")
-    write_comparison(results, out_dir)
+    if is_main():  # the other ranks of a torchrun run hold no results (their fit returns None)
+        write_comparison(results, out_dir)
     return results
 
 

@@ -49,6 +49,7 @@ from .report.atomic import write_text_atomic
 from .report.calibration import DisplayScale, scale_from_normal_maps
 from .report.strips import save_strip
 from .train import Trainer, TrainerConfig
+from .train.distributed import is_main
 from .train.trainer import atomic_save, load_checkpoint
 
 VARIANTS = ("projection", "naive", "joint")
@@ -211,14 +212,18 @@ class Detector:
         (a DataSource, a folder, or None for the procedural dataset) into ``out_dir``, resuming whatever that
         directory already holds. ``shared_dir`` holds stages shared between variants (the autoencoder).
         ``stop_after``: stop after that many training steps of the current task (returns None; for tests and
-        time-boxed runs; call again to resume)."""
+        time-boxed runs; call again to resume). Under torchrun (see :mod:`oneformore.train.distributed`) the
+        training steps and the bases are shared by the ranks, every rank ends with the same model, and only rank 0
+        writes files and returns the result (the others return None)."""
         if variant not in VARIANTS:
             raise ValueError(f"variant: expected one of {VARIANTS}, got {variant!r}")
         protocol = get_protocol(tasks)
         data = data if isinstance(data, DataSource) else DataSource(data, image_size=self.config["image_size"])
         out_dir = Path(out_dir)
+        main = is_main()  # under torchrun every rank trains, tests and computes; rank 0 alone writes
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out_dir / "config.yaml", yaml.safe_dump(self.config, sort_keys=False))
+        if main:
+            write_text_atomic(out_dir / "config.yaml", yaml.safe_dump(self.config, sort_keys=False))
         ckpt = out_dir / CHECKPOINT
         sequence = [list(t) for t in protocol.tasks]
         if ckpt.is_file():
@@ -240,10 +245,13 @@ class Detector:
                 self._update_bases(t, train_set)
             if test:
                 last = t == len(train_tasks) - 1
-                self._record(t, data, sequence, variant, out_dir / "strips" if last else None)
+                self._record(t, data, sequence, variant, out_dir / "strips" if last and main else None)
             self.completed = t
-            self.save(ckpt)
+            if main:
+                self.save(ckpt)
         self.calibrate(data.dataset(train_tasks[-1], "train"))
+        if not main:
+            return None
         self.save(ckpt)
         return self.report(data, out_dir) if test else None
 

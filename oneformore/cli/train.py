@@ -8,6 +8,7 @@ from ..comparison import compare_variants
 from ..config import load_config
 from ..data.source import DataSource
 from ..detector import VARIANTS
+from ..train.distributed import init_from_environment, is_main
 from .common import add_data_args, add_run_args, add_task_args, tasks_from_args
 
 DEFAULT_CONFIG = {"continual": "tiny", "refiner": "refiner"}
@@ -17,7 +18,8 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="train a detector on a task sequence and write its report",
                        description="Trains task after task, tests on every category seen after each task, and "
                                    "writes metrics.json, report.md, plots and heatmap strips to --out. An "
-                                   "interrupted run resumes when started again with the same --out.")
+                                   "interrupted run resumes when started again with the same --out. Under "
+                                   "torchrun (--nproc_per_node=N) the ranks share every batch (DDP).")
     p.add_argument("--model", choices=sorted(DEFAULT_CONFIG), default="continual")
     p.add_argument("--config", help="a preset (tiny, base, refiner) or a YAML file (default: tiny for continual, "
                                     "refiner for refiner)")
@@ -42,8 +44,11 @@ def run(args) -> int:
         raise SystemExit(f"--variants: unknown {bad}; expected some of {list(VARIANTS)}")
     data = DataSource(args.data, args.kind, config["image_size"], skip_bad=args.skip_bad)
     tasks = tasks_from_args(args, data)
-    results = compare_variants(config, tasks, data, Path(args.out), variants=variants, device=args.device,
-                               progress=not args.no_progress)
+    device = init_from_environment(args.device)  # under torchrun: the process group and this rank's device
+    results = compare_variants(config, tasks, data, Path(args.out), variants=variants, device=device,
+                               progress=not args.no_progress and is_main())
+    if not is_main():
+        return 0
     for variant, result in results.items():
         acc = {m: round(s["acc"], 4) for m, s in result.summary.items()}
         print(f"{variant}: ACC {acc}  ->  {Path(args.out) / variant / 'report.md'}")

@@ -15,6 +15,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.loader import anomaly_loader
+from ..train.distributed import rank as dist_rank
+from ..train.distributed import world_size as dist_world_size
 from .collector import ActivationCollector
 from .iterative_svd import IterativeSVD
 
@@ -53,7 +55,14 @@ def build_task_bases(model, layers: dict, dataset, old_bases: dict[str, torch.Te
                            max_rank=cfg.max_rank)
     collector = ActivationCollector(layers, builder, block_rows=cfg.block_rows, max_rows_per_call=cfg.max_rows_per_call,
                                     max_rows_per_layer=cfg.max_rows_per_layer, generator=generator)
-    subset = torch.utils.data.Subset(dataset, torch.randperm(len(dataset), generator=generator)[: cfg.images].tolist())
+    chosen = torch.randperm(len(dataset), generator=generator)[: cfg.images].tolist()
+    rank, world = dist_rank(), dist_world_size()
+    if world > 1:  # each rank streams its shard (its own noise too); IterativeSVD.bases() reduces over the ranks
+        if len(chosen) < world:
+            raise ValueError(f"continual.bases.images: {len(chosen)} images cannot be shared by {world} ranks")
+        chosen = chosen[rank::world]
+        generator.manual_seed(seed * 7919 + task + 1_000_003 * rank)
+    subset = torch.utils.data.Subset(dataset, chosen)
     model.eval()
     with collector:
         for batch in tqdm(anomaly_loader(subset, batch_size=cfg.batch_size), desc=f"bases after task {task}",
