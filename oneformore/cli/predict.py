@@ -39,10 +39,11 @@ def expand(paths: list[str]) -> list[Path]:
 
 
 def run(args) -> int:
+    images = expand(args.images)  # before loading the model: a typo fails at once
     detector = Detector.load(args.checkpoint, device=args.device, progress=not args.no_progress)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = detector.predict(expand(args.images), out / "heatmaps", batch_size=args.batch_size)
+    results = detector.predict(images, out / "heatmaps", batch_size=args.batch_size)
     rows = [{k: v for k, v in r.items() if k != "map"} for r in results]
     write_text_atomic(out / "scores.json", json.dumps(rows, indent=2) + "\n")
     buffer = io.StringIO()
