@@ -36,7 +36,9 @@ def build_networks(config: dict) -> DiffusionNetworks:
     autoencoder = None
     channels = 3
     if space == "latent":
-        autoencoder = AutoencoderKL(AutoencoderConfig(**config["autoencoder"]))
+        # "weights" (a local file to start from) is read by the model's prepare stage, not by the architecture
+        autoencoder = AutoencoderKL(AutoencoderConfig(**{k: v for k, v in config["autoencoder"].items()
+                                                         if k != "weights"}))
         channels = autoencoder.cfg.latent_channels
     unet_cfg = UNetConfig.from_dict({**config["unet"], "in_channels": channels, "out_channels": channels})
     size = config["image_size"]

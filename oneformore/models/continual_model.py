@@ -10,8 +10,9 @@ Detector-model interface (what :class:`oneformore.detector.Detector` and the tra
 - ``trainable``: the module holding every trainable network (what the gradient projector covers);
 - ``prepare(dataset, out_dir, progress)`` (optional): a stage that runs once before the first task.
 
-Here: ``prepare`` trains the autoencoder (latent space) on the first task's images and freezes it, as the paper's
-latent diffusion uses a frozen pretrained autoencoder; ``training_loss`` is the ε-objective with AMN-masked
+Here: ``prepare`` trains the autoencoder (latent space) on the first task's images, or loads pretrained weights
+from the local file ``autoencoder.weights``, and freezes it, as the paper's latent diffusion uses a frozen
+pretrained autoencoder; ``training_loss`` is the ε-objective with AMN-masked
 conditions (:mod:`oneformore.models.objective`); ``score`` is :class:`~oneformore.models.inference.AnomalyScorer`.
 """
 
@@ -35,6 +36,26 @@ from .objective import DenoisingObjective
 def build_schedule(config: dict) -> NoiseSchedule:
     diffusion = config.get("diffusion", {})
     return NoiseSchedule(diffusion.get("schedule", "linear"), int(diffusion.get("num_steps", 1000)))
+
+
+def load_autoencoder_weights(ae: nn.Module, path: str | Path) -> None:
+    """Loads ``config.autoencoder.weights`` into ``ae``: the autoencoder's ``state_dict()`` saved with
+    ``torch.save``, or the ``last.pt`` of its training run (its EMA weights), read with ``weights_only=True``."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"autoencoder.weights: no file at {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "ema" in state and "step" in state:  # a Trainer checkpoint
+        state = state["ema"] or state["model"]
+    if not isinstance(state, dict):
+        raise ValueError(f"autoencoder.weights: {path} holds a {type(state).__name__}, expected a state dict")
+    own = ae.state_dict()
+    missing = sorted(set(own) - set(state) - {"scale", "trained"})
+    wrong = sorted(k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape))
+    if missing or wrong:
+        raise ValueError(f"autoencoder.weights: {path} does not fit the configured autoencoder (missing "
+                         f"{missing[:3]}, shape mismatch {wrong[:3]}); check the autoencoder section of the config")
+    ae.load_state_dict({**own, **{k: v for k, v in state.items() if k in own}})
 
 
 class ContinualDiffusionModel(nn.Module):
@@ -89,20 +110,24 @@ class ContinualDiffusionModel(nn.Module):
         return {"diffusion": (maps, scores)}
 
     def prepare(self, dataset, out_dir: str | Path, progress: bool = True) -> None:
-        """Trains the autoencoder on ``dataset`` (once: a no-op when it is already trained or in pixel space),
-        calibrates its latent scale, and freezes it."""
+        """Trains the autoencoder on ``dataset`` into ``out_dir``, or loads ``autoencoder.weights``; calibrates
+        its latent scale (unless the weights carry a calibrated one) and freezes it. Once: a no-op when it is
+        already prepared or in pixel space."""
         ae = self.networks.autoencoder
         if ae is None or bool(ae.trained):
             return
-
         cfg = TrainerConfig.from_dict({**self.config["autoencoder_train"], "progress": progress})
-        ae.requires_grad_(True).train()
-        trainer = Trainer(ae, dataset, cfg, Path(out_dir), device=next(ae.parameters()).device,
-                          collate_fn=collate_samples)
-        trainer.fit()
-        ae.load_state_dict(trainer.ema_state_dict())
-        ae.requires_grad_(False).eval()
-        loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, collate_fn=collate_samples)
         device = next(ae.parameters()).device
-        ae.calibrate_scale(batch["image"].to(device) for batch in loader)
+        weights = self.config["autoencoder"].get("weights")
+        if weights:
+            load_autoencoder_weights(ae, weights)
+        else:
+            ae.requires_grad_(True).train()
+            trainer = Trainer(ae, dataset, cfg, Path(out_dir), device=device, collate_fn=collate_samples)
+            trainer.fit()
+            ae.load_state_dict(trainer.ema_state_dict())
+        ae.requires_grad_(False).eval()
+        if not bool(ae.trained):  # trained here, or loaded without its calibrated scale
+            loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, collate_fn=collate_samples)
+            ae.calibrate_scale(batch["image"].to(device) for batch in loader)
         ae.trained.fill_(True)

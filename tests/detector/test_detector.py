@@ -146,3 +146,30 @@ def test_bad_arguments_are_named(tmp_path):
         detector.test(_source())
     with pytest.raises(FileNotFoundError, match="images"):
         detector.predict([tmp_path / "missing.png"])
+
+
+def test_autoencoder_weights_from_a_local_file_replace_its_training(projection_run, tmp_path):
+    _, detector, _ = projection_run
+    trained = detector.model.autoencoder.state_dict()
+    images = _source().dataset(["stripes"], "train")
+    for name, payload in [("state.pt", trained),  # the autoencoder's state dict, or its training run's last.pt
+                          ("last.pt", {"step": 4, "ema": trained, "model": trained})]:
+        torch.save(payload, tmp_path / name)
+        fresh = Detector("tiny", small(f"autoencoder.weights={tmp_path / name}"), device="cpu", progress=False)
+        fresh.model.prepare(images, tmp_path / "ae_run", False)
+        assert not (tmp_path / "ae_run").exists()  # nothing trained
+        loaded = fresh.model.autoencoder.state_dict()
+        for key, value in trained.items():
+            torch.testing.assert_close(loaded[key], value, rtol=0, atol=0, msg=key)
+    bare = {k: v for k, v in trained.items() if k not in ("scale", "trained")}  # no latent scale: calibrated
+    torch.save(bare, tmp_path / "bare.pt")
+    fresh = Detector("tiny", small(f"autoencoder.weights={tmp_path / 'bare.pt'}"), device="cpu", progress=False)
+    fresh.model.prepare(images, tmp_path / "ae_run", False)
+    assert bool(fresh.model.autoencoder.trained) and float(fresh.model.autoencoder.scale) != 1.0
+    wider = Detector("tiny", small("autoencoder.channels=16", f"autoencoder.weights={tmp_path / 'state.pt'}"),
+                     device="cpu", progress=False)
+    with pytest.raises(ValueError, match="autoencoder.weights: .* does not fit"):
+        wider.model.prepare(images, tmp_path / "ae_run", False)
+    missing = Detector("tiny", small(f"autoencoder.weights={tmp_path / 'nothing.pt'}"), device="cpu", progress=False)
+    with pytest.raises(FileNotFoundError, match="autoencoder.weights"):
+        missing.model.prepare(images, tmp_path / "ae_run", False)
