@@ -40,13 +40,33 @@ def use_cuda() -> bool:
     return torch.version.cuda is not None and CUDA_HOME is not None
 
 
+# at::vec picks its SIMD width from CPU_CAPABILITY (the flags ATen compiles its own kernels with).
+CPU_SIMD_FLAGS = {
+    "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c",
+               "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"],
+    "avx2": ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"],
+    "default": [],
+}
+
+
+def cpu_simd() -> str:
+    """The SIMD level of the CPU kernels: ONEFORMORE_CPU_BASELINE (avx512 | avx2 | default), or with "auto" (the
+    default) the build machine's, as ATen reports it (ATEN_CPU_CAPABILITY lowers it). The package is built where
+    it is installed, so this is the level it runs at; a build meant for other machines sets avx2."""
+    choice = os.environ.get("ONEFORMORE_CPU_BASELINE", "auto")
+    if choice not in (*CPU_SIMD_FLAGS, "auto"):
+        raise RuntimeError(f"ONEFORMORE_CPU_BASELINE: expected one of {sorted(CPU_SIMD_FLAGS)} or auto, got {choice!r}")
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return "default"
+    if choice != "auto":
+        return choice
+    return {"AVX512": "avx512", "AVX2": "avx2"}.get(torch.backends.cpu.get_cpu_capability(), "default")
+
+
 def cpu_flags() -> list:
-    flags = ["-O3", "-fopenmp"]  # the C++ standard comes from torch (C++20 for torch>=2.14)
-    # at::vec picks its SIMD width from CPU_CAPABILITY. AVX2+FMA is the baseline of every x86 server of the
-    # last decade; ONEFORMORE_CPU_BASELINE=default builds for plain x86-64 instead.
-    if platform.machine() in ("x86_64", "AMD64") and os.environ.get("ONEFORMORE_CPU_BASELINE", "avx2") == "avx2":
-        flags += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
-    return flags
+    simd = cpu_simd()
+    # the C++ standard comes from torch (C++20 for torch>=2.14)
+    return ["-O3", "-fopenmp", *CPU_SIMD_FLAGS[simd], f'-DONEFORMORE_CPU_SIMD="{simd}"']
 
 
 def extension():

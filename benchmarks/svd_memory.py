@@ -48,6 +48,7 @@ def stream_basis(blocks) -> torch.Tensor:
     builder = IterativeSVD(0.97, max_rank=MAX_RANK, chunk_rows=CHUNK)
     for block in blocks:
         builder.update({"layer": block})
+        del block  # else the loop variable keeps this block alive while the generator makes the next one
     return builder.bases()["layer"]
 
 

@@ -13,6 +13,13 @@ except ImportError as exc:  # pragma: no cover - only hit with a broken install
         f"(torch {torch.__version__}). Original error: {exc}"
     ) from exc
 
+if not _C.cpu_simd_supported():  # pragma: no cover - only on a CPU older than the build machine's
+    raise ImportError(
+        f"oneformore's CPU kernels were compiled for {_C.cpu_simd()}, which this CPU lacks. Rebuild here, or "
+        "for a build that runs on other machines set ONEFORMORE_CPU_BASELINE=avx2 (or default) before "
+        "`pip install --no-build-isolation -e .`"
+    )
+
 
 def cuda_compiled() -> bool:
     """True when the CUDA kernels were compiled into this build (no GPU is needed to build them)."""
@@ -22,6 +29,11 @@ def cuda_compiled() -> bool:
 def cuda_arch_list() -> str:
     """The TORCH_CUDA_ARCH_LIST the CUDA kernels were compiled for ('' without CUDA)."""
     return str(_C.cuda_arch_list())
+
+
+def cpu_simd() -> str:
+    """The SIMD level the CPU kernels were compiled for: "avx512", "avx2" or "default" (see setup.py)."""
+    return str(_C.cpu_simd())
 
 
 def registered_ops() -> list[str]:
@@ -34,7 +46,8 @@ def registered_ops() -> list[str]:
 def backends() -> dict:
     """Which backends were compiled, and which op lacks a kernel for each."""
     ops = registered_ops()
-    out = {"cpu": True, "cuda": cuda_compiled(), "cuda_arch_list": cuda_arch_list(), "ops": ops}
+    out = {"cpu": True, "cpu_simd": cpu_simd(), "cuda": cuda_compiled(), "cuda_arch_list": cuda_arch_list(),
+           "ops": ops}
     out["missing_cpu"] = [op for op in ops if not torch._C._dispatch_has_kernel_for_dispatch_key(op, "CPU")]
     out["missing_cuda"] = (
         [op for op in ops if not torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA")]

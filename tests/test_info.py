@@ -13,6 +13,9 @@ def test_info_reports_versions_and_backends(capsys):
     assert info["oneformore"] == oneformore.__version__
     assert info["torch"] == torch.__version__
     assert info["backends"]["cpu"] is True
+    # the CPU kernels' SIMD level, which this CPU must run (the import checks it)
+    assert info["backends"]["cpu_simd"] in ("avx512", "avx2", "default")
+    assert _extension._C.cpu_simd_supported()
     assert info["backends"]["cuda"] == _extension.cuda_compiled()
     if info["backends"]["cuda"]:
         assert info["backends"]["cuda_arch_list"]

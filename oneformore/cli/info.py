@@ -26,6 +26,7 @@ def collect() -> dict:
         "python": platform.python_version(),
         "backends": {
             "cpu": True,
+            "cpu_simd": b["cpu_simd"],
             "cuda": b["cuda"],
             "cuda_arch_list": b["cuda_arch_list"],
             "cuda_device_available": torch.cuda.is_available(),
@@ -44,7 +45,7 @@ def run(args) -> int:
     cuda = f"yes (arch {be['cuda_arch_list']})" if be["cuda"] else "no"
     print(f"oneformore {info['oneformore']}")
     print(f"torch      {info['torch']} (CUDA {info['torch_cuda'] or 'none'}), Python {info['python']}")
-    print("backends   cpu: yes")
+    print(f"backends   cpu: yes ({be['cpu_simd']})")
     print(f"           cuda: {cuda}; GPU visible now: {'yes' if be['cuda_device_available'] else 'no'}")
     print(f"ops        {len(info['ops'])}: " + ", ".join(op.split('::', 1)[1] for op in info["ops"]))
     if info["ops_missing_cuda_kernel"]:

@@ -75,7 +75,7 @@ def _orthonormalise(basis: torch.Tensor) -> torch.Tensor:
     Q, R = torch.linalg.qr(basis.double())
     signs = torch.sign(torch.diagonal(R))
     signs[signs == 0] = 1.0
-    return (Q * signs).to(basis.dtype).contiguous()
+    return Q.mul_(signs).to(basis.dtype).contiguous()
 
 
 class IterativeSVD:
@@ -258,8 +258,9 @@ class IterativeSVD:
         tau = self.threshold
         for name, state in self._layers.items():
             U, sigma2, total, residual, truncated = self._spectrum(state)
-            keep = sigma2 > sigma2[:1].max().item() * 1e-12 if sigma2.numel() else sigma2.bool()
-            U, sigma2 = U[:, keep], sigma2[keep]
+            # σ² is descending, so the directions above the noise level are a prefix: a view, not a copy of U
+            live = int((sigma2 > sigma2[:1].max().item() * 1e-12).sum()) if sigma2.numel() else 0
+            U, sigma2 = U[:, :live], sigma2[:live]
             if total <= 0.0:
                 basis = state.old_basis if state.old_basis is not None else U[:, :0]
                 out[name] = LayerSpectrum(basis, 0, 0.0, 0.0, truncated, tau, state.mode)

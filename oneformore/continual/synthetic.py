@@ -59,9 +59,12 @@ class SpectralMatrix:
         for a in range(start, stop, piece):
             b = min(stop, a + piece)
             i = self._order[a:b].astype(np.float64) + 0.5
-            coeffs = np.cos(np.outer(i, freqs)) * self._p_scale  # rows of P·diag(σ)
+            coeffs = np.outer(i, freqs)
+            np.cos(coeffs, out=coeffs)
+            coeffs *= self._p_scale  # rows of P·diag(σ), in place: two piece-sized temporaries in all
             rows = scipy.fft.idct(coeffs, type=2, norm="ortho", axis=1, overwrite_x=True)  # ·Vᵀ (orthonormal DCT)
-            rows = rows[:, self._columns] * self._signs
+            rows = rows[:, self._columns]
+            rows *= self._signs
             out[a - start : b - start] = torch.from_numpy(rows)
         return out
 

@@ -94,6 +94,24 @@ def test_reconstruction_at_a_token_ignores_that_tokens_input(model):
     assert not torch.allclose(c1[~inside], c2[~inside]) and not torch.allclose(r1[~inside], r2[~inside])
 
 
+def test_samples_average_independent_refinements(model):
+    """inference.samples=2 is the mean of the refinements from two successive noise draws (grid masks draw
+    nothing), and the coarse output does not change."""
+    x = torch.randn(2, model.transformer.channels, 8, 8)
+    saved = model.inference.samples
+    try:
+        model.inference.samples = 1
+        g = torch.Generator().manual_seed(5)
+        c1, r1 = model.reconstruct_features(x, g)
+        _, r2 = model.reconstruct_features(x, g)
+        model.inference.samples = 2
+        c, r = model.reconstruct_features(x, torch.Generator().manual_seed(5))
+    finally:
+        model.inference.samples = saved
+    assert torch.equal(c, c1) and not torch.equal(r1, r2)
+    torch.testing.assert_close(r, (r1 + r2) / 2, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("h,w,k,pattern", [(16, 16, 4, "grid"), (7, 5, 9, "grid"), (16, 16, 3, "random"),
                                            (5, 3, 15, "random")])
 def test_complementary_masks_cover_every_token_once(h, w, k, pattern):
@@ -147,6 +165,7 @@ def test_argument_errors_name_the_argument(model):
     ("mask.ratio_max=1.0", "mask.ratio_min/ratio_max"),
     ("inference.t_start=1000", "inference.t_start: expected < 1000"),
     ("inference.levels=both", "inference.levels"),
+    ("inference.samples=0", "inference.samples: expected an integer >= 1"),
     ("features.grid_stride=32", "features.grid_stride: expected one of the backbone strides"),
     ("transformer.heads=3", "transformer.width .* divisible by transformer.heads"),
     ("refiner.train_t_max=0", "refiner.train_t_max"),
@@ -224,3 +243,20 @@ def test_coarse_anchored_refiner_starts_as_the_identity_on_the_coarse_reconstruc
     torch.testing.assert_close(refined, coarse, rtol=1e-4, atol=1e-4)
     loss = m.train().training_loss({"image": torch.randn(2, 3, 64, 64)}, torch.Generator().manual_seed(0))
     assert torch.isfinite(loss)
+
+
+def test_refiner_trained_from_the_coarse_start_has_an_x0_loss():
+    """refiner.start=coarse: x_t is noised from the coarse reconstruction and the loss is on x̂0 − x over the
+    masked tokens. With the zero-initialised output conv of the coarse-anchored refiner, x̂0 = coarse, so its
+    loss equals the transformer's own masked error; from the clean start (ε-loss) it does not."""
+    torch.manual_seed(0)
+    m = build_refiner(small_config("refiner.prediction=coarse_anchored", "refiner.start=coarse")).train()
+    batch = {"image": torch.randn(2, 3, 64, 64)}
+    transformer_loss, refiner_loss = m._losses(batch, torch.Generator().manual_seed(0), update_stats=False)
+    torch.testing.assert_close(refiner_loss, transformer_loss, rtol=1e-4, atol=1e-6)
+    m.diffusion_cfg.start = "clean"
+    transformer_clean, refiner_clean = m._losses(batch, torch.Generator().manual_seed(0), update_stats=False)
+    torch.testing.assert_close(transformer_clean, transformer_loss)
+    assert abs(refiner_clean.item() - transformer_loss.item()) > 1e-3
+    with pytest.raises(ValueError, match="refiner.start: expected 'clean' or 'coarse'"):
+        build_refiner(small_config("refiner.start=noise"))

@@ -70,10 +70,17 @@ class DiffusionConfig:
     # reconstruction, x̂0 = coarse + Δ, turned into ε̂ = (x_t − √ᾱ·x̂0)/√(1 − ᾱ) (the loss is still on ε̂).
     prediction: str = "eps"
     min_snr_gamma: float = 0.0  # > 0: ε-loss weighted by min(SNR, γ)/SNR (Hang et al. 2023); 0: unweighted
+    # What a training x_t is noised from. "clean": the true features x (DDPM; the ε-loss). "coarse": the coarse
+    # reconstruction (visible tokens: x), as sampling starts at test time, with the loss on x̂0 − x: the refiner
+    # learns to turn a noised coarse estimate into x instead of reading x out of an x_t that at test time never
+    # contains it (at t = 200, x_t built from x still holds 2/3 of x's signal; see the README's refiner section).
+    start: str = "clean"
 
     def __post_init__(self):
         if self.prediction not in ("eps", "coarse_anchored"):
             raise ValueError(f"refiner.prediction: expected 'eps' or 'coarse_anchored', got {self.prediction!r}")
+        if self.start not in ("clean", "coarse"):
+            raise ValueError(f"refiner.start: expected 'clean' or 'coarse', got {self.start!r}")
         if self.min_snr_gamma < 0:
             raise ValueError(f"refiner.min_snr_gamma: expected >= 0, got {self.min_snr_gamma}")
         if not 1 <= self.train_t_max <= self.num_steps:
@@ -84,13 +91,16 @@ class DiffusionConfig:
 @dataclass
 class InferenceConfig:
     """``t_start``: the step the coarse reconstruction is noised to; ``steps``: DDIM steps from there; ``eta``:
-    DDIM stochasticity; ``distance``/``fusion``/``sigma``/``levels``: the anomaly map (``levels: concat``
+    DDIM stochasticity; ``samples``: refinements from independent noise draws, averaged (a Monte-Carlo estimate of
+    the posterior mean, whose distance to the input is what the map should measure; one draw adds its noise to
+    every normal token's score); ``distance``/``fusion``/``sigma``/``levels``: the anomaly map (``levels: concat``
     compares the concatenated features as one scale, as UniAD; ``split`` gives each backbone level its own scale
     of the fused op); ``image_score``/``pool_size``: the image score; ``eager``: reference ops, not the fused ones."""
 
     t_start: int = 200
     steps: int = 3
     eta: float = 0.0
+    samples: int = 1
     distance: str = "l2"
     fusion: str = "sum"
     sigma: float = 4.0
@@ -102,6 +112,8 @@ class InferenceConfig:
     def __post_init__(self):
         if self.steps < 1:
             raise ValueError(f"inference.steps: expected >= 1, got {self.steps}")
+        if not isinstance(self.samples, int) or self.samples < 1:
+            raise ValueError(f"inference.samples: expected an integer >= 1, got {self.samples!r}")
         if not 0 <= self.t_start:
             raise ValueError(f"inference.t_start: expected >= 0, got {self.t_start}")
         if self.levels not in ("concat", "split"):

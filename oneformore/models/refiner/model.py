@@ -10,13 +10,17 @@ input x·(1 − m), and x_t = √ᾱ_t·x + √(1 − ᾱ_t)·ε with t uniform 
 Δ of the coarse reconstruction (x̂0 = coarse + Δ, ε̂ = (x_t − √ᾱ_t·x̂0)/√(1 − ᾱ_t)), so the untrained refiner returns the
 coarse reconstruction exactly and only learns to move away from it; the loss is still the ε-objective, optionally
 weighted by min(SNR, γ)/SNR (min-SNR-γ, Hang et al. 2023), which bounds the x̂0-error weight of small timesteps.
-The paper is silent on both; they are our choices, measured against the plain ε-network in the README.
+``refiner.start: coarse`` noises the training x_t from what sampling starts from (the coarse reconstruction at
+the masked tokens, the input at the visible ones) instead of from x, and puts the loss on the x̂0 that the DDIM
+step derives from ε̂ (x̂0 − x over the masked tokens): the refiner is trained on the inputs it sees at test time.
+The paper is silent on all three; they are our choices, measured against the plain ε-network in the README.
 
 Scoring: the K complementary masks (:func:`.tokens.complementary_masks`) run as one batch of K·B; partition k's
 coarse result is the transformer output r_k, and the coarse reconstruction takes every token from the partition that
-masked it. The refiner then runs per partition too: x0_k = m_k·r_k + (1 − m_k)·x, noised to ``t_start`` and denoised
-in ``steps`` DDIM steps (the fused ``ddim_step``) conditioned on (r_k, x·(1 − m_k), m_k), with the visible tokens
-held to the input noised to each step's level (the op's ``mask``/``known`` blend, RePaint-style). So neither the
+masked it. The refiner then runs per partition too, ``inference.samples`` times from independent noise draws,
+averaged: x0_k = m_k·r_k + (1 − m_k)·x, noised to ``t_start`` and denoised in ``steps`` DDIM steps (the fused
+``ddim_step``) conditioned on (r_k, x·(1 − m_k), m_k), with the visible tokens held to the input noised to each
+step's level (the op's ``mask``/``known`` blend, RePaint-style). So neither the
 coarse nor the refined value of a token ever depends on that token's own input (only on the other partitions'),
 which is the point of inpainting. Anomaly maps: the fused ``anomaly_map`` between x and each reconstruction,
 bilinear to the image size and Gaussian-smoothed; image scores by :func:`oneformore.metrics.image_score.image_scores`.
@@ -123,11 +127,18 @@ class RefinerDetector(nn.Module):
         t = torch.randint(0, self.diffusion_cfg.train_t_max, (b,), generator=generator).to(x.device)
         noise = torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
         a = self.alphas_cumprod[t].view(b, 1, 1, 1).to(x.dtype)
-        x_t = a.sqrt() * x + (1 - a).sqrt() * noise
         coarse = rec.detach()
+        if self.diffusion_cfg.start == "coarse":
+            start = m * coarse + (1 - m) * x  # what sampling starts from: the coarse tokens, the visible input
+            x_t = a.sqrt() * start + (1 - a).sqrt() * noise
+        else:
+            x_t = a.sqrt() * x + (1 - a).sqrt() * noise
         eps = self._eps(self.refiner(x_t, t, coarse, x * (1 - m), m), x_t, t, coarse)
-        weight = self._loss_weights(a)
-        refiner_loss = ((eps - noise) ** 2 * m * weight).sum() / denom
+        if self.diffusion_cfg.start == "coarse":
+            x0 = (x_t - (1 - a).sqrt() * eps) / a.sqrt()  # the x̂0 the DDIM step takes from this ε̂
+            refiner_loss = ((x0 - x) ** 2 * m).sum() / denom
+        else:
+            refiner_loss = ((eps - noise) ** 2 * m * self._loss_weights(a)).sum() / denom
         return transformer_loss, refiner_loss
 
     def _eps(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
@@ -189,8 +200,8 @@ class RefinerDetector(nn.Module):
             return self._eps(self.refiner.denoise(x_t, t, condition), x_t, t, rec)
 
         sampler = Sampler(self.schedule, "ddim", eta=cfg.eta, eager=cfg.eager)
-        refined_k = sampler.reconstruct(model_fn, x0, cfg.t_start, cfg.steps, generator=generator,
-                                        mask=keep, known=xk)
+        refined_k = sum(sampler.reconstruct(model_fn, x0, cfg.t_start, cfg.steps, generator=generator,
+                                            mask=keep, known=xk) for _ in range(cfg.samples)) / cfg.samples
         refined = (refined_k * m).view(k, b, c, h, w).sum(0)
         return coarse, refined
 
