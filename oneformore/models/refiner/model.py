@@ -20,10 +20,10 @@ coarse result is the transformer output r_k, and the coarse reconstruction takes
 masked it. The refiner then runs per partition too, ``inference.samples`` times from independent noise draws,
 averaged: x0_k = m_k·r_k + (1 − m_k)·x, noised to ``t_start`` and denoised in ``steps`` DDIM steps (the fused
 ``ddim_step``) conditioned on (r_k, x·(1 − m_k), m_k), with the visible tokens held to the input noised to each
-step's level (the op's ``mask``/``known`` blend, RePaint-style). So neither the
-coarse nor the refined value of a token ever depends on that token's own input (only on the other partitions'),
-which is the point of inpainting. Anomaly maps: the fused ``anomaly_map`` between x and each reconstruction,
-bilinear to the image size and Gaussian-smoothed; image scores by :func:`oneformore.metrics.image_score.image_scores`.
+step's level (the op's ``mask``/``known`` blend, RePaint-style). So neither the coarse nor the refined value of a
+token ever depends on that token's own input (only on the other partitions'), which is the point of inpainting.
+Anomaly maps: the fused ``anomaly_map`` between x and each reconstruction, bilinear to the image size and
+Gaussian-smoothed; image scores by :func:`oneformore.metrics.image_score.image_scores`.
 """
 
 from __future__ import annotations
