@@ -128,13 +128,12 @@ class RefinerDetector(nn.Module):
         noise = torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
         a = self.alphas_cumprod[t].view(b, 1, 1, 1).to(x.dtype)
         coarse = rec.detach()
-        if self.diffusion_cfg.start == "coarse":
-            start = m * coarse + (1 - m) * x  # what sampling starts from: the coarse tokens, the visible input
-            x_t = a.sqrt() * start + (1 - a).sqrt() * noise
-        else:
-            x_t = a.sqrt() * x + (1 - a).sqrt() * noise
+        from_coarse = self.diffusion_cfg.start == "coarse"
+        # noised from what sampling starts from (the coarse tokens, the visible input), or from the clean features
+        origin = m * coarse + (1 - m) * x if from_coarse else x
+        x_t = a.sqrt() * origin + (1 - a).sqrt() * noise
         eps = self._eps(self.refiner(x_t, t, coarse, x * (1 - m), m), x_t, t, coarse)
-        if self.diffusion_cfg.start == "coarse":
+        if from_coarse:
             x0 = (x_t - (1 - a).sqrt() * eps) / a.sqrt()  # the x̂0 the DDIM step takes from this ε̂
             refiner_loss = ((x0 - x) ** 2 * m).sum() / denom
         else:
