@@ -47,10 +47,19 @@ void gram_update_(at::TensorList grams, at::TensorList blocks) {
 
 namespace {
 
-// ‖x‖²_F. ATen's cascade sum of squares is accurate to float32 rounding (linalg_vector_norm in float32 is not:
-// 3e-4 relative on a 512×2304 block); only a chunk-sized temporary.
+// ‖x‖²_F of a 2-D x, in row slices of about 64K values: ATen's cascade sum of squares is accurate to float32
+// rounding (linalg_vector_norm in float32 is not: 3e-4 relative on a 512×2304 block), and the slices keep the
+// squared temporary small next to the factorisation; the slice sums accumulate in double on the device.
 double energy(const at::Tensor& x) {
-  return at::square(x).sum().item<double>();
+  if (x.numel() == 0) {
+    return 0.0;
+  }
+  const int64_t step = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, x.size(1)));
+  at::Tensor total = at::zeros({}, x.options().dtype(at::kDouble));
+  for (int64_t start = 0; start < x.size(0); start += step) {
+    total.add_(at::square(x.narrow(0, start, std::min(step, x.size(0) - start))).sum());
+  }
+  return total.item<double>();
 }
 
 // Eigendecomposition of a PSD Gram scaled to a unit diagonal maximum first: activations are small numbers and
@@ -66,6 +75,17 @@ std::tuple<at::Tensor, at::Tensor> scaled_eigh(const at::Tensor& gram) {
   return {values * scale, vectors};
 }
 
+// The small-matrix half of one Brand update: the new factorisation is U_new = U·X_top + Rᵀᵀ·Y (R = Rtᵀ the
+// chunk's residual), with k columns and singular values S_new.
+struct BrandStep {
+  at::Tensor Rt;     // Rᵀ, [c, d]
+  at::Tensor X_top;  // [r, k]
+  at::Tensor Y;      // [c, k]
+  at::Tensor S_new;  // [k]
+  int64_t k;
+  double dropped;  // energy of the residual directions and trailing eigenvalues left out
+};
+
 // One Brand update of (U, S) with a chunk A [c, d] of rows: the factorisation of M = [U·diag(S), Aᵀ].
 // With C = UᵀAᵀ and the residual R = Aᵀ − U·C (orthogonalised twice: one Gram-Schmidt pass loses orthogonality
 // in float32), R = Q·diag(sig)·Vrᵀ comes from the eigendecomposition of the small c×c Gram RᵀR, and
@@ -77,12 +97,11 @@ std::tuple<at::Tensor, at::Tensor> scaled_eigh(const at::Tensor& gram) {
 // an energy-threshold basis can use; float64 blocks get a float64 core.
 // Directions of R below the Gram's precision, and trailing eigenvalues beyond max_rank, are dropped; their
 // energy is returned. Dropped slots stay as zero columns with S = 0, so the output shape depends only on shapes.
-double brand_update(at::Tensor& U, at::Tensor& S, const at::Tensor& A, int64_t max_rank) {
+BrandStep brand_step(const at::Tensor& U, const at::Tensor& S, const at::Tensor& A, int64_t max_rank) {
   const int64_t r = U.size(1);
   const int64_t c = A.size(0);
   const int64_t d = A.size(1);
   const bool is_double = A.scalar_type() == at::kDouble;
-  const auto core = A.options();
   at::Tensor Ct;  // Cᵀ = A·U, [c, r]
   at::Tensor Rt;  // Rᵀ, [c, d]
   if (r > 0) {
@@ -107,7 +126,7 @@ double brand_update(at::Tensor& U, at::Tensor& S, const at::Tensor& A, int64_t m
   const double kept_residual = sig.to(at::kDouble).square().sum().item<double>();
   at::Tensor inv_sig = keep / sig.clamp_min(is_double ? 1e-300 : 1e-30);
 
-  at::Tensor K = at::zeros({r + c, r + c}, core);
+  at::Tensor K = at::zeros({r + c, r + c}, A.options());
   if (r > 0) {
     K.narrow(0, 0, r).narrow(1, 0, r).diagonal().copy_(S);
     K.narrow(0, 0, r).narrow(1, r, c).copy_(Ct.t());
@@ -122,21 +141,52 @@ double brand_update(at::Tensor& U, at::Tensor& S, const at::Tensor& A, int64_t m
   // Below the core's precision an eigenvector mixes in the zeroed directions: such slots are emptied too.
   at::Tensor live = lam.narrow(0, 0, k).gt(negligible_eigenvalue(lam_max, is_double)).to(A.scalar_type());
   at::Tensor Xk = X.narrow(1, 0, k) * live.unsqueeze(0);
-  // U_new = U·X₁ + R·Y with Y = Vr·diag(1/sig)·X₂ (R = Rtᵀ), i.e. [U, Q]·X without forming Q
-  at::Tensor Y = at::matmul(Vr * inv_sig.unsqueeze(0), Xk.narrow(0, r, c));
-  at::Tensor U_new = at::matmul(Rt.t(), Y);
-  if (r > 0) {
-    U_new.addmm_(U, Xk.narrow(0, 0, r));
-  }
   at::Tensor kept = lam.narrow(0, 0, k) * live;
   double dropped = std::max(0.0, residual_energy - kept_residual);
   dropped += (lam.narrow(0, 0, k) - kept).to(at::kDouble).sum().item<double>();
   if (lam.size(0) > k) {
     dropped += lam.narrow(0, k, lam.size(0) - k).to(at::kDouble).sum().item<double>();
   }
+  // Y = Vr·diag(1/sig)·X₂, so that R·Y = Q·X₂
+  at::Tensor Y = at::matmul(Vr * inv_sig.unsqueeze(0), Xk.narrow(0, r, c));
+  return {Rt, Xk.narrow(0, 0, r), Y, kept.sqrt(), k, dropped};
+}
+
+// Functional form: a new U [d, k] (the input U is still needed by the caller).
+double brand_update(at::Tensor& U, at::Tensor& S, const at::Tensor& A, int64_t max_rank) {
+  BrandStep step = brand_step(U, S, A, max_rank);
+  at::Tensor U_new = at::matmul(step.Rt.t(), step.Y);
+  if (U.size(1) > 0) {
+    U_new.addmm_(U, step.X_top);
+  }
   U = U_new;
-  S = kept.sqrt().contiguous();
-  return dropped;
+  S = step.S_new.contiguous();
+  return step.dropped;
+}
+
+// Rows of U per panel of the in-place update: the panel's product is the only d-independent temporary.
+constexpr int64_t kPanelRows = 512;
+
+// In-place form on a fixed-width factorisation: U [d, R], S [R], the live columns a prefix (S > 0, descending),
+// the rest zero. Row i of U_new reads only row i of U and column i of R, so U is overwritten panel by panel:
+// no second [d, R] buffer.
+double brand_update_(at::Tensor& U, at::Tensor& S, const at::Tensor& A) {
+  const int64_t width = U.size(1);
+  const int64_t r = S.gt(0).sum().item<int64_t>();
+  BrandStep step = brand_step(U.narrow(1, 0, r), S.narrow(0, 0, r), A, width);
+  const int64_t d = U.size(0);
+  for (int64_t p = 0; p < d; p += kPanelRows) {
+    const int64_t rows = std::min(kPanelRows, d - p);
+    at::Tensor panel = U.narrow(0, p, rows);
+    at::Tensor next = at::matmul(step.Rt.narrow(1, p, rows).t(), step.Y);
+    if (r > 0) {
+      next.addmm_(panel.narrow(1, 0, r), step.X_top);
+    }
+    panel.narrow(1, 0, step.k).copy_(next);
+  }
+  S.narrow(0, 0, step.k).copy_(step.S_new);
+  // k >= r: the columns past k were zero and stay zero
+  return step.dropped;
 }
 
 }  // namespace
@@ -179,6 +229,33 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> isvd_up
     S_out.push_back(s.is_same(S[l]) || s.data_ptr() == S[l].data_ptr() ? s.clone() : s);
   }
   return {U_out, S_out, energies.to(blocks.empty() ? at::Device(at::kCPU) : blocks[0].device())};
+}
+
+at::Tensor isvd_update_(at::TensorList U, at::TensorList S, at::TensorList blocks, int64_t chunk_rows) {
+  check_layer_lists("isvd_update_", U, "U", blocks);
+  TORCH_CHECK(S.size() == blocks.size(), "oneformore::isvd_update_: 'S' has ", S.size(),
+              " tensor(s) but 'blocks' has ", blocks.size());
+  OFM_CHECK_ARG(chunk_rows >= 1, "chunk_rows", "expected >= 1, got ", chunk_rows);
+  const int64_t L = static_cast<int64_t>(blocks.size());
+  at::Tensor energies = at::zeros({L, 2}, at::TensorOptions().dtype(at::kDouble));
+  auto acc = energies.accessor<double, 2>();
+  for (int64_t l = 0; l < L; ++l) {
+    OFM_CHECK_ARG(U[l].is_contiguous() && U[l].size(1) >= 1 && U[l].size(1) <= U[l].size(0), "U", "layer ", l,
+                  ": expected a contiguous [d, R] factor with 1 <= R <= d, got ", U[l].sizes());
+    OFM_CHECK_ARG(S[l].dim() == 1 && S[l].size(0) == U[l].size(1) && S[l].scalar_type() == blocks[l].scalar_type() &&
+                      S[l].device() == blocks[l].device() && S[l].is_contiguous(),
+                  "S", "layer ", l, ": expected a contiguous 1-D ", blocks[l].scalar_type(), " tensor of ",
+                  U[l].size(1), " values (one per column of U), got ", S[l].sizes(), " ", S[l].scalar_type());
+    at::Tensor u = U[l];
+    at::Tensor s = S[l];
+    const at::Tensor& A = blocks[l];
+    for (int64_t start = 0; start < A.size(0); start += chunk_rows) {
+      const at::Tensor chunk = A.narrow(0, start, std::min<int64_t>(chunk_rows, A.size(0) - start));
+      acc[l][0] += energy(chunk);
+      acc[l][1] += brand_update_(u, s, chunk);
+    }
+  }
+  return energies.to(blocks.empty() ? at::Device(at::kCPU) : blocks[0].device());
 }
 
 }  // namespace svd

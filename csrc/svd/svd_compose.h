@@ -21,5 +21,7 @@ void gram_update_(at::TensorList grams, at::TensorList blocks);
 std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> isvd_update(
     at::TensorList U, at::TensorList S, at::TensorList blocks, int64_t max_rank, int64_t chunk_rows);
 
+at::Tensor isvd_update_(at::TensorList U, at::TensorList S, at::TensorList blocks, int64_t chunk_rows);
+
 }  // namespace svd
 }  // namespace ofm

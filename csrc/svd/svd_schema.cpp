@@ -13,4 +13,7 @@ TORCH_LIBRARY_FRAGMENT(oneformore, m) {
   m.def(
       "isvd_update(Tensor[] U, Tensor[] S, Tensor[] blocks, int max_rank, int chunk_rows) -> "
       "(Tensor[] U_out, Tensor[] S_out, Tensor energies)");
+  // The same update in place on fixed-width factors U[l] [d, R], S[l] [R] (live columns a prefix with S > 0,
+  // the rest zero; R is the rank cap): U is overwritten row panel by row panel, so no second [d, R] buffer.
+  m.def("isvd_update_(Tensor(a!)[] U, Tensor(b!)[] S, Tensor[] blocks, int chunk_rows) -> Tensor energies");
 }

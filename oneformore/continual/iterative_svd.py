@@ -31,7 +31,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..ops.svd import block_residual, gram_update_, isvd_update
+from ..ops._validate import check_finite
+from ..ops.svd import block_residual, gram_update_, isvd_update, isvd_update_
 
 __all__ = ["IterativeSVD", "LayerSpectrum"]
 
@@ -69,13 +70,15 @@ class _LayerState:
 
 def _orthonormalise(basis: torch.Tensor) -> torch.Tensor:
     """QR with a positive diagonal: keeps the span of every leading set of columns (so an old basis placed first
-    is kept as is, up to rounding) and removes the float32 drift of the streamed factors."""
+    is kept as is, up to rounding) and removes the drift of the streamed factors. Householder QR in the basis'
+    own dtype is orthonormal to that dtype's rounding, which is all a float32 basis can hold (a float64 pass would
+    only add two [d, k] float64 temporaries at the builder's memory peak)."""
     if basis.shape[1] == 0:
         return basis.contiguous()
-    Q, R = torch.linalg.qr(basis.double())
+    Q, R = torch.linalg.qr(basis)
     signs = torch.sign(torch.diagonal(R))
     signs[signs == 0] = 1.0
-    return Q.mul_(signs).to(basis.dtype).contiguous()
+    return Q.mul_(signs).contiguous()
 
 
 class IterativeSVD:
@@ -152,9 +155,10 @@ class IterativeSVD:
                 state.old_basis = old.to(device=block.device, dtype=dtype).contiguous()
             if state.mode == "gram":
                 state.gram = torch.zeros(d, d, dtype=dtype, device=block.device)
-            else:
-                state.U = torch.zeros(d, 0, dtype=dtype, device=block.device)
-                state.S = torch.zeros(0, dtype=dtype, device=block.device)
+            else:  # fixed width, updated in place (live columns first, the rest zero)
+                width = min(self.max_rank, d)
+                state.U = torch.zeros(d, width, dtype=dtype, device=block.device)
+                state.S = torch.zeros(width, dtype=dtype, device=block.device)
             self._layers[name] = state
         elif d != state.d:
             raise ValueError(f"blocks['{name}']: expected d={state.d} columns (as in the earlier blocks of this "
@@ -177,8 +181,7 @@ class IterativeSVD:
             if a.dim() != 2 or a.dtype not in _FLOATS:
                 raise ValueError(f"blocks['{name}']: expected a floating 2-D [n, d] tensor, got "
                                  f"{tuple(a.shape)} {a.dtype}")
-            if not bool(torch.isfinite(a).all()):
-                raise ValueError(f"blocks['{name}']: expected finite values, found NaN or Inf")
+            check_finite(f"blocks['{name}']", a)
             state = self._state(name, a)
             prepared[name] = a.detach().to(state.dtype)
         residual_names = [n for n in prepared if self._layers[n].old_basis is not None]
@@ -196,10 +199,9 @@ class IterativeSVD:
         isvd_names = [n for n in prepared if self._layers[n].mode == "isvd"]
         if isvd_names:
             states = [self._layers[n] for n in isvd_names]
-            U, S, energies = isvd_update([s.U for s in states], [s.S for s in states],
-                                         [prepared[n] for n in isvd_names], self.max_rank, self.chunk_rows)
-            for s, u, sv, (block_energy, dropped) in zip(states, U, S, energies.tolist()):
-                s.U, s.S = u, sv
+            energies = isvd_update_([s.U for s in states], [s.S for s in states],
+                                    [prepared[n] for n in isvd_names], self.chunk_rows)
+            for s, (block_energy, dropped) in zip(states, energies.tolist()):
                 s.truncated += dropped
                 if s.old_basis is None:
                     s.total += block_energy
@@ -297,7 +299,7 @@ class IterativeSVD:
     def layers(self) -> dict[str, dict]:
         """name -> {"d", "mode", "rows", "rank"} of this rank's state (for reports)."""
         return {
-            n: {"d": s.d, "mode": s.mode, "rows": s.rows, "rank": (s.U.shape[1] if s.U is not None else s.d)}
+            n: {"d": s.d, "mode": s.mode, "rows": s.rows, "rank": (int((s.S > 0).sum()) if s.S is not None else s.d)}
             for n, s in self._layers.items()
         }
 

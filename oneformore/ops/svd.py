@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 
 from .. import _extension  # noqa: F401  (registers the ops)
-from ._validate import check_finite, check_list, check_tensor
+from ._validate import _is_fake, check_finite, check_list, check_tensor
 
-__all__ = ["block_residual", "gram_update_", "isvd_update", "randomized_svd"]
+__all__ = ["block_residual", "gram_update_", "isvd_update", "isvd_update_", "randomized_svd"]
 
 _OP_DTYPES = (torch.float32, torch.float64)
 _IN_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -126,6 +126,38 @@ def isvd_update(
     return torch.ops.oneformore.isvd_update(U, S, blocks, max_rank, chunk_rows)
 
 
+def isvd_update_(U: list[torch.Tensor], S: list[torch.Tensor], blocks: list[torch.Tensor],
+                 chunk_rows: int = 256) -> torch.Tensor:
+    """:func:`isvd_update` in place, on fixed-width factors: the streaming builder's form.
+
+    Each U[l] [d, R] (contiguous, 1 <= R <= d) and S[l] [R] hold the factorisation with its live columns first
+    (S > 0, descending) and the rest zero; R is the rank cap (start from zeros). The update overwrites U row panel
+    by row panel (row i of the new U depends only on row i of U and of the chunk's residual), so unlike the
+    functional op it never holds a second [d, R] factor: memory O(d·R + chunk_rows·d).
+
+    Returns:
+        energies [L, 2] float64: (‖A‖²_F, energy dropped by the truncation to R), as :func:`isvd_update`.
+    """
+    blocks = _check_blocks(blocks)
+    U = _check_partner("U", U, blocks)
+    S = check_list("S", S)
+    if len(S) != len(blocks):
+        raise ValueError(f"S: expected one tensor per layer ({len(blocks)}, like blocks), got {len(S)}")
+    for i, (s, u, a) in enumerate(zip(S, U, blocks)):
+        if not (u.is_contiguous() and 1 <= u.shape[1] <= u.shape[0]):
+            raise ValueError(f"U[{i}]: expected a contiguous [d, R] tensor with 1 <= R <= d, got shape "
+                             f"{tuple(u.shape)}{'' if u.is_contiguous() else ' (not contiguous)'}")
+        check_tensor(f"S[{i}]", s, dtypes=(a.dtype,), ndim=1, device=a.device)
+        if s.shape[0] != u.shape[1] or not s.is_contiguous():
+            raise ValueError(f"S[{i}]: expected {u.shape[1]} contiguous values (columns of U[{i}]), "
+                             f"got shape {tuple(s.shape)}")
+        if not _is_fake(s) and s.numel() and not bool((s[:-1] >= s[1:]).all() and s[-1] >= 0):
+            raise ValueError(f"S[{i}]: expected non-negative values in descending order (live columns first)")
+    if not isinstance(chunk_rows, int) or chunk_rows < 1:
+        raise ValueError(f"chunk_rows: expected an integer >= 1, got {chunk_rows!r}")
+    return torch.ops.oneformore.isvd_update_(U, S, blocks, chunk_rows)
+
+
 def isvd_output_rank(r: int, n: int, d: int, max_rank: int, chunk_rows: int) -> int:
     """The number of columns isvd_update returns (it depends on shapes only, never on values)."""
     if n == 0:
@@ -207,3 +239,9 @@ def _isvd_update_fake(U, S, blocks, max_rank, chunk_rows):
         S_out.append(u.new_empty((k,)))
     device = blocks[0].device if blocks else torch.device("cpu")
     return U_out, S_out, torch.empty((len(blocks), 2), dtype=torch.float64, device=device)
+
+
+@torch.library.register_fake("oneformore::isvd_update_")
+def _isvd_update_inplace_fake(U, S, blocks, chunk_rows):
+    device = blocks[0].device if blocks else torch.device("cpu")
+    return torch.empty((len(blocks), 2), dtype=torch.float64, device=device)

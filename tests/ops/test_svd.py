@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from oneformore.ops import block_residual, gram_update_, isvd_update, randomized_svd
+from oneformore.ops import block_residual, gram_update_, isvd_update, isvd_update_, randomized_svd
 from oneformore.ops.reference import svd as ref
 
 
@@ -91,6 +91,49 @@ def test_isvd_update_truncation_reports_the_dropped_energy():
     torch.testing.assert_close(energies[0, 1].item(), float((s_all[5:] ** 2).sum()))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_isvd_update_in_place_matches_the_functional_op(dtype):
+    # Three layers: one that fills its width in the first chunk, one narrower than the rows streamed (truncation
+    # from the second call on), one whose width equals d.
+    shapes = [(70, 16), (90, 12), (9, 9)]
+    U = [torch.zeros(d, w, dtype=dtype) for d, w in shapes]
+    S = [torch.zeros(w, dtype=dtype) for _, w in shapes]
+    fU = [torch.zeros(d, 0, dtype=dtype) for d, _ in shapes]
+    fS = [torch.zeros(0, dtype=dtype) for _ in shapes]
+    storage = [u.data_ptr() for u in U]
+    for step in range(3):
+        blocks = [low_rank(40, d, 10, dtype) + 1e-3 * torch.randn(40, d, dtype=dtype) for d, _ in shapes]
+        energies = isvd_update_(U, S, blocks, 16)
+        outs = [isvd_update([u], [s], [a], w, 16) for u, s, a, (_, w) in zip(fU, fS, blocks, shapes)]
+        fU = [o[0][0] for o in outs]
+        fS = [o[1][0] for o in outs]
+        expected = torch.cat([o[2] for o in outs])
+        assert energies.dtype == torch.float64 and energies.shape == (3, 2)
+        torch.testing.assert_close(energies[:, 0], expected[:, 0], rtol=1e-5, atol=0)
+        # the dropped energy is a small difference: compared relative to the block's energy
+        assert float(((energies[:, 1] - expected[:, 1]).abs() / expected[:, 0]).max()) < 1e-6
+        for u, s, fu, fs in zip(U, S, fU, fS):
+            k = fu.shape[1]
+            assert rel(u[:, :k] * s[:k] ** 2 @ u[:, :k].T, fu * fs**2 @ fu.T) < 1e-5
+            assert not u[:, k:].any() and not s[k:].any()
+    assert [u.data_ptr() for u in U] == storage  # updated in place
+
+
+def test_isvd_update_in_place_matches_the_float64_reference():
+    # float64 (a float32 core resolves the noise tail only to ~eps·σ_max², see the op's docs); one chunk per call,
+    # so each call is exactly the reference's SVD of [U·diag(S), Aᵀ] truncated to the width
+    d, w = 50, 20
+    U, S = torch.zeros(d, w, dtype=torch.float64), torch.zeros(w, dtype=torch.float64)
+    rU, rS = U.clone(), S.clone()
+    for _ in range(2):
+        a = low_rank(30, d, 8, torch.float64) + 1e-2 * torch.randn(30, d, dtype=torch.float64)
+        energies = isvd_update_([U], [S], [a], 64)
+        ren = ref.isvd_update_([rU], [rS], [a], 64)
+        assert rel(S, rS) < 1e-10
+        assert rel(U * S**2 @ U.T, rU * rS**2 @ rU.T) < 1e-10
+        assert rel(energies, ren) < 1e-8
+
+
 def _sample_args():
     blocks, bases = layers()
     return blocks, bases
@@ -104,6 +147,8 @@ def test_opcheck():
     U = [orthonormal(48, 6), torch.zeros(20, 0)]
     S = [torch.linspace(3, 1, 6), torch.zeros(0)]
     torch.library.opcheck(torch.ops.oneformore.isvd_update.default, (U, S, blocks[:2], 10, 100))
+    torch.library.opcheck(torch.ops.oneformore.isvd_update_.default,
+                          ([torch.zeros(48, 10), torch.zeros(20, 4)], [torch.zeros(10), torch.zeros(4)], blocks[:2], 64))
 
 
 def test_torch_compile_fullgraph():
@@ -145,6 +190,16 @@ def test_bad_arguments():
         isvd_update([u], [torch.ones(3)], [a], 4)
     with pytest.raises(ValueError, match=r"max_rank: expected an integer >= 1"):
         isvd_update([u], [torch.ones(2)], [a], 0)
+    with pytest.raises(ValueError, match=r"U\[0\]: expected a contiguous \[d, R\] tensor with 1 <= R <= d"):
+        isvd_update_([torch.zeros(8, 0)], [torch.zeros(0)], [a])
+    with pytest.raises(ValueError, match=r"U\[0\]: .*\(not contiguous\)"):
+        isvd_update_([torch.zeros(4, 8).T], [torch.zeros(4)], [a])
+    with pytest.raises(ValueError, match=r"S\[0\]: expected non-negative values in descending order"):
+        isvd_update_([torch.zeros(8, 3)], [torch.tensor([1.0, 2.0, 0.0])], [a])
+    with pytest.raises(ValueError, match=r"chunk_rows: expected an integer >= 1"):
+        isvd_update_([torch.zeros(8, 3)], [torch.zeros(3)], [a], 0)
+    with pytest.raises(RuntimeError, match=r"argument 'U'.*expected a contiguous \[d, R\] factor"):
+        torch.ops.oneformore.isvd_update_([torch.zeros(8, 9)], [torch.zeros(9)], [a], 4)
     with pytest.raises(RuntimeError, match=r"argument 'U'.*expected \[8, k\]"):
         torch.ops.oneformore.isvd_update([orthonormal(9, 2)], [torch.ones(2)], [a], 4, 4)
 

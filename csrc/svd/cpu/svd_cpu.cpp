@@ -85,4 +85,5 @@ TORCH_LIBRARY_IMPL(oneformore, CPU, m) {
   m.impl("block_residual", &block_residual_cpu);
   m.impl("gram_update_", &ofm::svd::gram_update_);
   m.impl("isvd_update", &ofm::svd::isvd_update);
+  m.impl("isvd_update_", &ofm::svd::isvd_update_);
 }

@@ -1,6 +1,6 @@
 // CUDA kernels of the svd family. block_residual: cuBLAS (through ATen) for A·U and the residual, then one
 // grid-stride reduction kernel for both Frobenius energies (double accumulators, one atomic per block).
-// gram_update_ and isvd_update are ATen compositions (cuBLAS/cuSOLVER) shared with the CPU.
+// gram_update_, isvd_update and isvd_update_ are ATen compositions (cuBLAS/cuSOLVER) shared with the CPU.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -95,4 +95,5 @@ TORCH_LIBRARY_IMPL(oneformore, CUDA, m) {
   m.impl("block_residual", &block_residual_cuda);
   m.impl("gram_update_", &ofm::svd::gram_update_);
   m.impl("isvd_update", &ofm::svd::isvd_update);
+  m.impl("isvd_update_", &ofm::svd::isvd_update_);
 }

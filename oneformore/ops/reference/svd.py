@@ -37,6 +37,17 @@ def isvd_update(U, S, blocks, max_rank: int, chunk_rows: int = 256):
     return U_out, S_out, torch.tensor(energies, dtype=torch.float64).reshape(len(blocks), 2)
 
 
+def isvd_update_(U, S, blocks, chunk_rows: int = 256):
+    """In-place form of :func:`isvd_update` on fixed-width factors (zero columns past the live ones)."""
+    energies = []
+    for u, s, a in zip(U, S, blocks):
+        (nu,), (ns,), e = isvd_update([u], [s], [a], u.shape[1], chunk_rows)
+        u.zero_()[:, : nu.shape[1]] = nu
+        s.zero_()[: ns.shape[0]] = ns
+        energies.append(e)
+    return torch.cat(energies) if energies else torch.zeros(0, 2, dtype=torch.float64)
+
+
 def randomized_svd(A: torch.Tensor, k: int, oversample: int = 10, n_iter: int = 2, *, generator=None):
     """The exact truncated SVD that the randomized one approximates."""
     U, S, Vh = torch.linalg.svd(A, full_matrices=False)
