@@ -18,29 +18,13 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from oneformore.config import load_config
-from oneformore.data import AnomalyTransform, MVTecAD
+from oneformore.data import AnomalyTransform, CachedDataset, MVTecAD
 from oneformore.models.refiner import build_refiner
 from oneformore.models.refiner.config import InferenceConfig
 from oneformore.models.refiner.evaluation import evaluate_outputs
 from oneformore.train import Trainer, TrainerConfig
-
-
-class InMemory(Dataset):
-    """Every sample of ``dataset`` decoded once (no augmentation, so the pixels never change)."""
-
-    def __init__(self, dataset, desc: str):
-        self.samples = [dataset[i] for i in tqdm(range(len(dataset)), desc=desc)]
-        self.categories = dataset.categories
-
-    def __len__(self):
-        return len(self.samples)
-
-    def __getitem__(self, i):
-        return self.samples[i]
 
 
 def table(results: dict) -> str:
@@ -70,8 +54,8 @@ def main() -> None:
     config = load_config(args.config, args.overrides)
     cats = args.categories.split(",")
     transform = AnomalyTransform(config["image_size"])
-    train = InMemory(MVTecAD(args.data, cats, "train", transform), "loading train")
-    test = InMemory(MVTecAD(args.data, cats, "test", transform), "loading test")
+    train = CachedDataset(MVTecAD(args.data, cats, "train", transform), preload=True, desc="loading train")
+    test = CachedDataset(MVTecAD(args.data, cats, "test", transform), preload=True, desc="loading test")
     torch.manual_seed(config["train"].get("seed", 0))
     model = build_refiner(config)
     trainer = Trainer(model, train, TrainerConfig.from_dict(config["train"]), args.out, device="cpu")

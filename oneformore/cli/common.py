@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..data.protocols import PRESETS
-from ..data.source import KINDS
+from ..data.source import KINDS, DataSource
 
 
 def add_data_args(p: argparse.ArgumentParser, *, required: bool = False) -> None:
@@ -13,6 +13,13 @@ def add_data_args(p: argparse.ArgumentParser, *, required: bool = False) -> None
                    help="dataset folder: MVTec AD, VisA, or your own MVTec-like folder (default: built-in procedural data)")
     p.add_argument("--kind", choices=KINDS, default="auto", help="how to read --data (default: recognised)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a warning instead of stopping")
+    p.add_argument("--cache", action="store_true",
+                   help="keep decoded images in memory after their first load (about 260 KB per image at 128 px)")
+
+
+def data_source(args: argparse.Namespace, image_size: int) -> DataSource:
+    """The DataSource that the arguments of :func:`add_data_args` describe."""
+    return DataSource(args.data, args.kind, image_size, skip_bad=args.skip_bad, cache=args.cache)
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:

@@ -12,8 +12,7 @@ from pathlib import Path
 
 from ..comparison import compare_variants
 from ..config import load_config
-from ..data.source import DataSource
-from .common import add_data_args, add_run_args, parse_categories
+from .common import add_data_args, add_run_args, data_source, parse_categories
 
 PROCEDURAL_TASKS = [["stripes"], ["disc"], ["marble"]]
 # small enough for a few minutes on a laptop CPU; the real-data demo keeps the tiny config's sizes
@@ -34,7 +33,7 @@ def register(sub) -> None:
 def run(args) -> int:
     overrides = (PROCEDURAL_OVERRIDES if args.data is None else []) + list(args.overrides)
     config = load_config("tiny", overrides)
-    data = DataSource(args.data, args.kind, config["image_size"], skip_bad=args.skip_bad)
+    data = data_source(args, config["image_size"])
     if args.categories:
         tasks = parse_categories(args.categories)
     elif args.data is None:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..data.source import DataSource
 from ..detector import Detector
 from ..report import RunWriter
-from .common import add_data_args, add_run_args, parse_categories
+from .common import add_data_args, add_run_args, data_source, parse_categories
 
 
 def register(sub) -> None:
@@ -22,7 +21,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     detector = Detector.load(args.checkpoint, device=args.device, progress=not args.no_progress)
-    data = DataSource(args.data, args.kind, detector.config["image_size"], skip_bad=args.skip_bad)
+    data = data_source(args, detector.config["image_size"])
     categories = [c for t in parse_categories(args.categories) for c in t] if args.categories else None
     out = Path(args.out)
     evaluation = detector.test(data, categories, strips_dir=out / "strips")

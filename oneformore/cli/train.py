@@ -6,10 +6,9 @@ from pathlib import Path
 
 from ..comparison import compare_variants
 from ..config import load_config
-from ..data.source import DataSource
 from ..detector import VARIANTS
 from ..train.distributed import init_from_environment, is_main
-from .common import add_data_args, add_run_args, add_task_args, tasks_from_args
+from .common import add_data_args, add_run_args, add_task_args, data_source, tasks_from_args
 
 DEFAULT_CONFIG = {"continual": "tiny", "refiner": "refiner"}
 
@@ -42,7 +41,7 @@ def run(args) -> int:
     bad = [v for v in variants if v not in VARIANTS]
     if bad:
         raise SystemExit(f"--variants: unknown {bad}; expected some of {list(VARIANTS)}")
-    data = DataSource(args.data, args.kind, config["image_size"], skip_bad=args.skip_bad)
+    data = data_source(args, config["image_size"])
     tasks = tasks_from_args(args, data)
     device = init_from_environment(args.device)  # under torchrun: the process group and this rank's device
     results = compare_variants(config, tasks, data, Path(args.out), variants=variants, device=device,

@@ -2,6 +2,7 @@
 continual protocols."""
 
 from .base import AnomalyDataset, SampleRecord
+from .cache import CachedDataset
 from .folder import MVTEC_CATEGORIES, Folder, MVTecAD
 from .layout import DatasetLayoutError, UnreadableImageError
 from .loader import SkippingLoader, anomaly_loader
@@ -12,6 +13,7 @@ from .visa import VISA_CATEGORIES, VisA
 __all__ = [
     "AnomalyDataset",
     "AnomalyTransform",
+    "CachedDataset",
     "DatasetLayoutError",
     "Folder",
     "MVTEC_CATEGORIES",

@@ -13,6 +13,7 @@ from typing import Sequence
 from torch.utils.data import ConcatDataset
 
 from . import procedural
+from .cache import CachedDataset
 from .folder import Folder, MVTecAD
 from .layout import DatasetLayoutError
 from .transforms import AnomalyTransform
@@ -23,7 +24,7 @@ KINDS = ("auto", "procedural", "mvtec", "visa", "folder")
 
 class DataSource:
     def __init__(self, root: str | Path | None = None, kind: str = "auto", image_size: int = 128, *,
-                 skip_bad: bool = False, procedural_seed: int = 0):
+                 skip_bad: bool = False, procedural_seed: int = 0, cache: bool = False):
         if kind not in KINDS:
             raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
         if kind == "auto":
@@ -40,6 +41,7 @@ class DataSource:
                 raise DatasetLayoutError(f"root: no folder at {root}")
         self.root = Path(root) if root is not None else None
         self.kind, self.image_size, self.skip_bad, self.procedural_seed = kind, image_size, skip_bad, procedural_seed
+        self.cache = cache  # keep decoded samples in memory (CachedDataset): every epoch after the first is free
         self.transform = AnomalyTransform(image_size)
 
     def __repr__(self) -> str:
@@ -55,7 +57,12 @@ class DataSource:
                       if d.is_dir() and not d.name.startswith(".") and (d / "train").is_dir())
 
     def dataset(self, categories: Sequence[str], split: str):
-        """The ``split`` ("train" / "test") samples of ``categories``, each sample carrying its category."""
+        """The ``split`` ("train" / "test") samples of ``categories``, each sample carrying its category (kept in
+        memory after the first load with ``cache=True``)."""
+        dataset = self._dataset(categories, split)
+        return CachedDataset(dataset) if self.cache else dataset
+
+    def _dataset(self, categories: Sequence[str], split: str):
         categories = list(categories)
         if not categories:
             raise ValueError("categories: expected at least one category")

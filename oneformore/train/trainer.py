@@ -240,7 +240,10 @@ class Trainer:
         self.collate_fn = collate_fn or default_collate
         params = parameters if parameters is not None else [p for p in model.parameters() if p.requires_grad]
         self.params = params
-        self.optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+        # fused: one kernel for every parameter (CPU and CUDA); torch's default on CPU is a per-tensor Python loop
+        fused = self.device.type in ("cpu", "cuda") and all(p.dtype.is_floating_point for p in params)
+        self.optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay,
+                                           fused=fused or None)
         self.autocast_dtype = PRECISIONS[config.precision] if self.device.type == "cuda" else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype is torch.float16)
         self.ema = self._init_ema() if config.ema_decay > 0 else None
