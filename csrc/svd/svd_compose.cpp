@@ -75,8 +75,8 @@ std::tuple<at::Tensor, at::Tensor> scaled_eigh(const at::Tensor& gram) {
   return {values * scale, vectors};
 }
 
-// The small-matrix half of one Brand update: the new factorisation is U_new = U·X_top + Rᵀᵀ·Y (R = Rtᵀ the
-// chunk's residual), with k columns and singular values S_new.
+// The small-matrix half of one Brand update: the new factorisation is U_new = U·X_top + R·Y (R = Rtᵀ, the
+// chunk's residual [d, c]), with k columns and singular values S_new.
 struct BrandStep {
   at::Tensor Rt;     // Rᵀ, [c, d]
   at::Tensor X_top;  // [r, k]
