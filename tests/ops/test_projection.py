@@ -3,7 +3,7 @@ torch.compile, and argument errors."""
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from oneformore.ops import project_gradients_
@@ -47,8 +47,11 @@ def reference64(grads, bases, scales):
     return out
 
 
-def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
-    return float((got.double() - want).norm() / want.norm().clamp_min(1e-30))
+def relative_error(got: torch.Tensor, want: torch.Tensor, scale: torch.Tensor | None = None) -> float:
+    """‖got − want‖ / max(‖want‖, ‖scale‖): float32 rounding of G − G·U·Uᵀ is relative to ‖G‖ (pass it as
+    ``scale``), so a residual far smaller than G (k near d) cannot be held to its own norm."""
+    norm = want.norm() if scale is None else torch.maximum(want.norm(), scale.double().norm())
+    return float((got.double() - want).norm() / norm.clamp_min(1e-30))
 
 
 @settings(max_examples=40, deadline=None)
@@ -58,15 +61,18 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     seed=st.integers(0, 2**31 - 1),
     scaled=st.booleans(),
 )
+# found by CI: k = 7 of d = 8 leaves a residual ~40x smaller than G, so its own norm is the wrong yardstick
+@example(layers=[(1, 8, 0), (2, 4, 0), (1, 8, 0)], k_fracs=[1.0, 0.9, 0.9, 0.0, 0.0, 0.0], seed=687, scaled=False)
 def test_matches_float64_reference(layers, k_fracs, seed, scaled):
     grads, bases, scales = make_case(layers, k_fracs, seed, scaled)
     want = reference64(grads, bases, scales)
+    inputs = [g.clone() for g in grads]
     project_gradients_(grads, bases, scales)
-    for g, w, u in zip(grads, want, bases):
+    for g, w, u, g0 in zip(grads, want, bases, inputs):
         if u.shape[1] == u.shape[0] and scales is None:
             assert g.abs().max() < 1e-5  # k = d: nothing is left
         else:
-            assert relative_error(g, w) < 1e-5
+            assert relative_error(g, w, g0) < 1e-5
 
 
 @settings(max_examples=25, deadline=None)
