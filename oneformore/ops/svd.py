@@ -91,6 +91,20 @@ def gram_update_(grams: list[torch.Tensor], blocks: list[torch.Tensor]) -> None:
     torch.ops.oneformore.gram_update_(grams, blocks)
 
 
+def _check_factors(U, S, blocks) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """Checks shared by both isvd ops: blocks, U [d, r] per block, S [r] per U (same dtype and device)."""
+    blocks = _check_blocks(blocks)
+    U = _check_partner("U", U, blocks)
+    S = check_list("S", S)
+    if len(S) != len(blocks):
+        raise ValueError(f"S: expected one tensor per layer ({len(blocks)}, like blocks), got {len(S)}")
+    for i, (s, u, a) in enumerate(zip(S, U, blocks)):
+        check_tensor(f"S[{i}]", s, dtypes=(a.dtype,), ndim=1, device=a.device)
+        if s.shape[0] != u.shape[1]:
+            raise ValueError(f"S[{i}]: expected {u.shape[1]} values (columns of U[{i}]), got {s.shape[0]}")
+    return blocks, U, S
+
+
 def isvd_update(
     U: list[torch.Tensor],
     S: list[torch.Tensor],
@@ -110,15 +124,7 @@ def isvd_update(
         ``(U_out, S_out, energies)`` with energies [L, 2] float64: (‖A‖²_F, energy dropped by the truncation).
         Trailing singular values can be 0 (rank-deficient data); their columns carry no energy.
     """
-    blocks = _check_blocks(blocks)
-    U = _check_partner("U", U, blocks)
-    S = check_list("S", S)
-    if len(S) != len(blocks):
-        raise ValueError(f"S: expected one tensor per layer ({len(blocks)}, like blocks), got {len(S)}")
-    for i, (s, u, a) in enumerate(zip(S, U, blocks)):
-        check_tensor(f"S[{i}]", s, dtypes=(a.dtype,), ndim=1, device=a.device)
-        if s.shape[0] != u.shape[1]:
-            raise ValueError(f"S[{i}]: expected {u.shape[1]} values (columns of U[{i}]), got {s.shape[0]}")
+    blocks, U, S = _check_factors(U, S, blocks)
     if not isinstance(max_rank, int) or max_rank < 1:
         raise ValueError(f"max_rank: expected an integer >= 1, got {max_rank!r}")
     if not isinstance(chunk_rows, int) or chunk_rows < 1:
@@ -138,19 +144,13 @@ def isvd_update_(U: list[torch.Tensor], S: list[torch.Tensor], blocks: list[torc
     Returns:
         energies [L, 2] float64: (‖A‖²_F, energy dropped by the truncation to R), as :func:`isvd_update`.
     """
-    blocks = _check_blocks(blocks)
-    U = _check_partner("U", U, blocks)
-    S = check_list("S", S)
-    if len(S) != len(blocks):
-        raise ValueError(f"S: expected one tensor per layer ({len(blocks)}, like blocks), got {len(S)}")
-    for i, (s, u, a) in enumerate(zip(S, U, blocks)):
+    blocks, U, S = _check_factors(U, S, blocks)
+    for i, (s, u) in enumerate(zip(S, U)):
         if not (u.is_contiguous() and 1 <= u.shape[1] <= u.shape[0]):
             raise ValueError(f"U[{i}]: expected a contiguous [d, R] tensor with 1 <= R <= d, got shape "
                              f"{tuple(u.shape)}{'' if u.is_contiguous() else ' (not contiguous)'}")
-        check_tensor(f"S[{i}]", s, dtypes=(a.dtype,), ndim=1, device=a.device)
-        if s.shape[0] != u.shape[1] or not s.is_contiguous():
-            raise ValueError(f"S[{i}]: expected {u.shape[1]} contiguous values (columns of U[{i}]), "
-                             f"got shape {tuple(s.shape)}")
+        if not s.is_contiguous():
+            raise ValueError(f"S[{i}]: expected a contiguous tensor (written in place)")
         if not _is_fake(s) and s.numel() and not bool((s[:-1] >= s[1:]).all() and s[-1] >= 0):
             raise ValueError(f"S[{i}]: expected non-negative values in descending order (live columns first)")
     if not isinstance(chunk_rows, int) or chunk_rows < 1:
