@@ -6,7 +6,7 @@ import torch
 
 from oneformore.config import load_config
 from oneformore.models.refiner import RefinerDetector, build_refiner
-from oneformore.models.refiner.tokens import complementary_masks, paste_tokens, training_masks
+from oneformore.models.refiner.tokens import complementary_masks, training_masks
 from oneformore.models.refiner.transformer import MaskedReconstructor
 from oneformore.train import Trainer, TrainerConfig
 
@@ -171,8 +171,6 @@ def test_argument_errors_name_the_argument(model):
     ("refiner.train_t_max=0", "refiner.train_t_max"),
     ("refiner.prediction=x0", "refiner.prediction: expected 'eps' or 'coarse_anchored'"),
     ("refiner.min_snr_gamma=-1", "refiner.min_snr_gamma"),
-    ("refiner.paste_prob=1.5", r"refiner.paste_prob: expected in \[0, 1\]"),
-    ("refiner.paste_max=0", "refiner.paste_max: expected >= 1"),
 ])
 def test_config_errors_name_the_key(override, match):
     with pytest.raises(ValueError, match=match):
@@ -262,33 +260,3 @@ def test_refiner_trained_from_the_coarse_start_has_an_x0_loss():
     assert abs(refiner_clean.item() - transformer_loss.item()) > 1e-3
     with pytest.raises(ValueError, match="refiner.start: expected 'clean' or 'coarse'"):
         build_refiner(small_config("refiner.start=noise"))
-
-
-def test_paste_tokens_copies_one_rectangle_from_another_sample():
-    x = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 3, 6, 7).contiguous()  # sample i holds the value i everywhere
-    x0 = x.clone()
-    out = paste_tokens(x, 1.0, 3, torch.Generator().manual_seed(0))
-    assert torch.equal(x, x0)  # the input is left alone
-    for i in range(4):
-        changed = (out[i] != i).any(0)
-        rows, cols = changed.any(1).nonzero().flatten(), changed.any(0).nonzero().flatten()
-        assert 1 <= len(rows) <= 3 and 1 <= len(cols) <= 3
-        assert changed.sum() == len(rows) * len(cols)  # one full rectangle, all channels alike
-        assert torch.equal(changed, (out[i] != i).all(0))
-        assert len(set(out[i][:, changed].flatten().tolist())) == 1  # from one other sample
-    assert torch.equal(paste_tokens(x, 0.0, 3, torch.Generator().manual_seed(0)), x)
-    a = paste_tokens(x, 0.5, 3, torch.Generator().manual_seed(1))
-    assert torch.equal(a, paste_tokens(x, 0.5, 3, torch.Generator().manual_seed(1)))  # from the generator only
-
-
-def test_refiner_with_pasted_context_keeps_the_clean_target():
-    """paste_prob changes what the refiner sees (its loss moves), not the transformer's loss or the target."""
-    torch.manual_seed(0)
-    m = build_refiner(small_config("refiner.prediction=coarse_anchored", "refiner.start=coarse")).train()
-    torch.nn.init.normal_(m.refiner.conv_out.weight, std=0.05)  # a refiner that reads its visible context
-    batch = {"image": torch.randn(4, 3, 64, 64)}
-    t_plain, r_plain = m._losses(batch, torch.Generator().manual_seed(0), update_stats=False)
-    m.diffusion_cfg.paste_prob = 1.0
-    t_paste, r_paste = m._losses(batch, torch.Generator().manual_seed(0), update_stats=False)
-    torch.testing.assert_close(t_paste, t_plain)
-    assert abs(r_paste.item() - r_plain.item()) > 1e-6

@@ -75,17 +75,8 @@ class DiffusionConfig:
     # learns to turn a noised coarse estimate into x instead of reading x out of an x_t that at test time never
     # contains it (at t = 200, x_t built from x still holds 2/3 of x's signal; see the README's refiner section).
     start: str = "clean"
-    # Synthetic anomalies in the refiner's visible context: in each training sample, with probability
-    # paste_prob, a rectangle of tokens (sides 1..paste_max) of the visible input is replaced by features from
-    # another image of the batch at another place, while the target stays the clean features (see tokens.py).
-    paste_prob: float = 0.0
-    paste_max: int = 4
 
     def __post_init__(self):
-        if not 0.0 <= self.paste_prob <= 1.0:
-            raise ValueError(f"refiner.paste_prob: expected in [0, 1], got {self.paste_prob}")
-        if self.paste_max < 1:
-            raise ValueError(f"refiner.paste_max: expected >= 1, got {self.paste_max}")
         if self.prediction not in ("eps", "coarse_anchored"):
             raise ValueError(f"refiner.prediction: expected 'eps' or 'coarse_anchored', got {self.prediction!r}")
         if self.start not in ("clean", "coarse"):

@@ -13,10 +13,7 @@ weighted by min(SNR, γ)/SNR (min-SNR-γ, Hang et al. 2023), which bounds the x�
 ``refiner.start: coarse`` noises the training x_t from what sampling starts from (the coarse reconstruction at
 the masked tokens, the input at the visible ones) instead of from x, and puts the loss on the x̂0 that the DDIM
 step derives from ε̂ (x̂0 − x over the masked tokens): the refiner is trained on the inputs it sees at test time.
-``refiner.paste_prob`` > 0 replaces, with that probability per sample, a rectangle of the refiner's visible
-context (its condition and the visible tokens of x_t) by tokens pasted from another image
-(:func:`.tokens.paste_tokens`), while its target stays x: synthetic anomalies around the tokens it must predict.
-The paper is silent on all four; they are our choices, measured against the plain ε-network in the README.
+The paper is silent on all three; they are our choices, measured against the plain ε-network in the README.
 
 Scoring: the K complementary masks (:func:`.tokens.complementary_masks`) run as one batch of K·B; partition k's
 coarse result is the transformer output r_k, and the coarse reconstruction takes every token from the partition that
@@ -41,7 +38,7 @@ from ...ops import reference
 from .config import DiffusionConfig, InferenceConfig, MaskConfig
 from .denoiser import RefinerDenoiser
 from .features import AlignedFeatures, FeatureNormalizer
-from .tokens import complementary_masks, paste_tokens, training_masks
+from .tokens import complementary_masks, training_masks
 from .transformer import MaskedReconstructor
 
 
@@ -132,13 +129,10 @@ class RefinerDetector(nn.Module):
         a = self.alphas_cumprod[t].view(b, 1, 1, 1).to(x.dtype)
         coarse = rec.detach()
         from_coarse = self.diffusion_cfg.start == "coarse"
-        context = x  # what the refiner sees at the visible tokens: x, or x with pasted tokens (synthetic anomalies)
-        if self.diffusion_cfg.paste_prob > 0:
-            context = paste_tokens(x, self.diffusion_cfg.paste_prob, self.diffusion_cfg.paste_max, generator)
         # noised from what sampling starts from (the coarse tokens, the visible input), or from the clean features
-        origin = m * (coarse if from_coarse else x) + (1 - m) * context
+        origin = m * coarse + (1 - m) * x if from_coarse else x
         x_t = a.sqrt() * origin + (1 - a).sqrt() * noise
-        eps = self._eps(self.refiner(x_t, t, coarse, context * (1 - m), m), x_t, t, coarse)
+        eps = self._eps(self.refiner(x_t, t, coarse, x * (1 - m), m), x_t, t, coarse)
         if from_coarse:
             x0 = (x_t - (1 - a).sqrt() * eps) / a.sqrt()  # the x̂0 the DDIM step takes from this ε̂
             refiner_loss = ((x0 - x) ** 2 * m).sum() / denom

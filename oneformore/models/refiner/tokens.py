@@ -11,14 +11,6 @@ three, all drawn from the caller's generator (so the trainer's steps stay reprod
 
 ``ratio`` is drawn per sample uniformly from [ratio_min, ratio_max] for random/block.
 
-:func:`paste_tokens` makes synthetic anomalies in feature space for the refiner's training (``refiner.paste_prob``):
-a rectangle of tokens taken from another image of the batch at another place (CutPaste's idea, on the token grid).
-Every pasted token is a normal feature, but out of context there, as a defect is. The refiner is a local conv net.
-On normal data it learns that a masked token continues its visible neighbours, so a crack in the neighbours is
-continued into the token. With pasted neighbours and the clean features as the target, it must trust its coarse
-condition where the visible context disagrees with it. This is the anomaly-masked network's logic (alter the
-condition, keep the normal target) applied to the refiner's visible condition.
-
 At test time every token must be predicted once from context: :func:`complementary_masks` gives K disjoint masks
 whose union is the whole grid. ``"grid"`` puts token (i, j) in partition (i mod s)·s + (j mod s) with s = √K, so every
 masked token has all 8 neighbours visible; ``"random"`` splits a random permutation into K near-equal parts.
@@ -112,25 +104,3 @@ def training_masks(batch: int, h: int, w: int, *, pattern: str, ratio_min: float
     if pattern == "grid":
         return grid_masks(batch, h, w, partitions, generator)
     raise ValueError(f"mask.pattern: expected one of {PATTERNS}, got {pattern!r}")
-
-
-def paste_tokens(x: torch.Tensor, prob: float, max_size: int, generator: torch.Generator | None) -> torch.Tensor:
-    """x [B, C, h, w] with, in each sample with probability ``prob``, one rectangle of tokens (sides uniform in
-    1..max_size) replaced by the rectangle of the same size from another sample of the batch (itself when B = 1)
-    at an independent random place. Returns a new tensor; x is not modified."""
-    b, _, h, w = x.shape
-    out = x.clone()
-    hit = torch.rand(b, generator=generator) < prob
-
-    def draw(low: int, high: int) -> int:  # uniform in [low, high)
-        return int(torch.randint(low, high, (1,), generator=generator))
-
-    for i in range(b):
-        if not hit[i]:
-            continue
-        rh, rw = draw(1, min(max_size, h) + 1), draw(1, min(max_size, w) + 1)
-        top, left = draw(0, h - rh + 1), draw(0, w - rw + 1)
-        src_top, src_left = draw(0, h - rh + 1), draw(0, w - rw + 1)
-        src = (i + draw(1, b)) % b if b > 1 else i
-        out[i, :, top:top + rh, left:left + rw] = x[src, :, src_top:src_top + rh, src_left:src_left + rw]
-    return out
