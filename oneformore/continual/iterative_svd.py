@@ -32,9 +32,13 @@ from dataclasses import dataclass
 import torch
 
 from ..ops._validate import check_finite
-from ..ops.svd import block_residual, gram_update_, isvd_update, isvd_update_
+from ..ops.svd import isvd_update
 
 __all__ = ["IterativeSVD", "LayerSpectrum"]
+
+# update() checks each block itself (its errors name the layer) and builds U, S and the old bases itself, so it
+# calls the raw ops: their C++ repeats the shape checks, not the NaN/Inf pass over every block.
+_OPS = torch.ops.oneformore
 
 _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -186,8 +190,8 @@ class IterativeSVD:
             prepared[name] = a.detach().to(state.dtype)
         residual_names = [n for n in prepared if self._layers[n].old_basis is not None]
         if residual_names:
-            rows, energies = block_residual([prepared[n] for n in residual_names],
-                                            [self._layers[n].old_basis for n in residual_names])
+            rows, energies = _OPS.block_residual([prepared[n] for n in residual_names],
+                                                 [self._layers[n].old_basis for n in residual_names])
             energies = energies.tolist()
             for n, r, (total, res) in zip(residual_names, rows, energies):
                 prepared[n] = r
@@ -195,12 +199,12 @@ class IterativeSVD:
                 self._layers[n].residual += res
         gram_names = [n for n in prepared if self._layers[n].mode == "gram"]
         if gram_names:
-            gram_update_([self._layers[n].gram for n in gram_names], [prepared[n] for n in gram_names])
+            _OPS.gram_update_([self._layers[n].gram for n in gram_names], [prepared[n] for n in gram_names])
         isvd_names = [n for n in prepared if self._layers[n].mode == "isvd"]
         if isvd_names:
             states = [self._layers[n] for n in isvd_names]
-            energies = isvd_update_([s.U for s in states], [s.S for s in states],
-                                    [prepared[n] for n in isvd_names], self.chunk_rows)
+            energies = _OPS.isvd_update_([s.U for s in states], [s.S for s in states],
+                                         [prepared[n] for n in isvd_names], self.chunk_rows)
             for s, (block_energy, dropped) in zip(states, energies.tolist()):
                 s.truncated += dropped
                 if s.old_basis is None:
