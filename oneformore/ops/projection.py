@@ -25,7 +25,8 @@ def project_gradients_(
 
     Gradients may be float32, float16 or bfloat16 (products in float32, one rounding on write-back) and
     non-contiguous (projected in a contiguous copy). Bases with NaN/Inf are rejected; orthonormality is the
-    caller's responsibility.
+    caller's responsibility, and so is that no two gradients share memory (the layers are projected concurrently,
+    each from its input values).
     """
     grads = check_list("grads", grads)
     bases = check_list("bases", bases)

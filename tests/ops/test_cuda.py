@@ -79,23 +79,45 @@ def test_anomaly_map_opcheck_on_cuda():
 
 
 # ----- gradient projection -----
-def _projection_case(seed: int, dtype=torch.float32, scaled=False):
+def trgp_scale(k: int, gen: torch.Generator) -> torch.Tensor:
+    """Q = V diag(λ) Vᵀ with λ in [0, 1): a TRGP-like scale (spectral norm < 1), so float32 rounding stays small."""
+    v = orthonormal(k, k, gen)
+    return (v * torch.rand(k, generator=gen)) @ v.T
+
+
+# A linear layer, 1x1 and 3x3 convs, k = d, a layer spanning several 64x64 tiles in every product with a d that
+# is not a multiple of the 16-deep K tile, and k = 0 (untouched).
+PROJECTION_LAYERS = [((7, 11), 0.5), ((130, 3, 1, 1), 0.9), ((9, 4, 3, 3), 0.25), ((5, 6), 1.0),
+                     ((70, 81, 3, 3), 0.4), ((4, 3, 3, 3), 0.0)]
+
+
+def _projection_case(seed: int, dtypes=(torch.float32,), scaled=False, layers=PROJECTION_LAYERS):
     gen = torch.Generator().manual_seed(seed)
-    # a linear layer, 1x1 and 3x3 convs, k = 0 and k = d, and a layer larger than one 64x64 tile in every product
-    shapes = [(7, 11), (130, 3, 1, 1), (9, 4, 3, 3), (5, 6), (70, 80, 3, 3)]
-    fracs = [0.5, 0.9, 0.25, 1.0, 0.4]
     grads, bases, scales = [], [], []
-    for shape, frac in zip(shapes, fracs):
+    for i, (shape, frac) in enumerate(layers):
         g = torch.randn(shape, generator=gen)
         d = g[0].numel()
         k = round(frac * d)
-        grads.append(g.to(dtype))
+        grads.append(g.to(dtypes[i % len(dtypes)]))
         bases.append(orthonormal(d, k, gen))
-        scales.append(torch.rand(k, k, generator=gen))
-    grads.append(torch.randn(4, 3, 3, 3, generator=gen).to(dtype))  # k = 0: untouched
-    bases.append(torch.zeros(27, 0))
-    scales.append(torch.zeros(0, 0))
+        scales.append(trgp_scale(k, gen) if k else torch.zeros(0, 0))
     return grads, bases, (scales if scaled else None)
+
+
+def _project_both(grads, bases, scales, cuda_bases=None):
+    """(CUDA result, CPU result) of the same projection; the CUDA call runs on copies of the inputs."""
+    cuda_grads = on_cuda(grads)
+    cuda_bases = on_cuda(bases) if cuda_bases is None else cuda_bases
+    ops.project_gradients_(cuda_grads, cuda_bases, None if scales is None else on_cuda(scales))
+    ops.project_gradients_(grads, bases, scales)
+    return cuda_grads, grads
+
+
+def _assert_projections_match(got, want):
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype
+        tol = 1e-5 if w.dtype == torch.float32 else 1e-2
+        assert_close_to_cpu(g, w, rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("schedule", ["auto", "grouped", "library"])
@@ -103,38 +125,65 @@ def _projection_case(seed: int, dtype=torch.float32, scaled=False):
 @pytest.mark.parametrize("scaled", [False, True])
 def test_projection_matches_cpu(schedule, dtype, scaled, monkeypatch):
     monkeypatch.setenv("ONEFORMORE_PROJECTION_CUDA_SCHEDULE", schedule)
-    grads, bases, scales = _projection_case(2, dtype, scaled)
-    cuda_grads = on_cuda(grads)
-    ops.project_gradients_(grads, bases, scales)
-    ops.project_gradients_(cuda_grads, on_cuda(bases), None if scales is None else on_cuda(scales))
-    tol = 1e-2 if dtype != torch.float32 else 1e-5
-    for got, want in zip(cuda_grads, grads):
-        assert got.dtype == dtype
-        assert_close_to_cpu(got, want, rtol=tol, atol=tol)
+    _assert_projections_match(*_project_both(*_projection_case(2, (dtype,), scaled)))
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+def test_projection_mixes_dtypes_and_library_layers_in_one_call(scaled):
+    """auto: one layer above the 4 GFLOP threshold goes to cuBLAS, the others to three grouped passes (one per
+    gradient dtype) sharing one workspace."""
+    big = ((2048, 4096), 128 / 4096)  # 4·2048·4096·128 = 4.3 GFLOP
+    layers = [*PROJECTION_LAYERS[:5], big]
+    grads, bases, scales = _projection_case(3, (torch.float32, torch.float16, torch.bfloat16), scaled, layers)
+    _assert_projections_match(*_project_both(grads, bases, scales))
 
 
 @pytest.mark.parametrize("schedule", ["grouped", "library"])
-def test_projection_on_cuda_is_orthogonal_and_handles_non_contiguous(schedule, monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_projection_non_contiguous_gradients_and_bases(schedule, dtype, monkeypatch):
     monkeypatch.setenv("ONEFORMORE_PROJECTION_CUDA_SCHEDULE", schedule)
-    gen = torch.Generator().manual_seed(3)
-    conv = torch.randn(66, 20, 3, 3, generator=gen).to(CUDA).contiguous(memory_format=torch.channels_last)
-    lin = torch.randn(70, 40, generator=gen).to(CUDA).t()  # [40, 70], column-major
-    assert not conv.is_contiguous() and not lin.is_contiguous()
-    bases = on_cuda([orthonormal(180, 90, gen), orthonormal(70, 35, gen)])
-    ops.project_gradients_([conv, lin], bases)
-    for g, u in zip((conv, lin), bases):
-        assert (g.reshape(g.shape[0], -1) @ u).abs().max() < 1e-4
+    gen = torch.Generator().manual_seed(4)
+    conv = torch.randn(66, 20, 3, 3, generator=gen).to(dtype)
+    lin = torch.randn(40, 70, generator=gen).to(dtype)
+    bases = [orthonormal(180, 90, gen), orthonormal(70, 35, gen)]
+    scales = [trgp_scale(90, gen), trgp_scale(35, gen)]
+    cuda_conv = conv.to(CUDA).contiguous(memory_format=torch.channels_last)
+    cuda_lin = lin.to(CUDA).t().contiguous().t()  # the same [40, 70] values, column-major
+    cuda_bases = [bases[0].to(CUDA), bases[1].t().contiguous().to(CUDA).t()]  # a non-contiguous basis too
+    assert not cuda_conv.is_contiguous() and not cuda_lin.is_contiguous() and not cuda_bases[1].is_contiguous()
+    cuda_scales = on_cuda(scales)
+    ops.project_gradients_([cuda_conv, cuda_lin], cuda_bases, cuda_scales)
+    ops.project_gradients_([conv, lin], bases, scales)
+    _assert_projections_match([cuda_conv, cuda_lin], [conv, lin])
+
+
+def test_projection_back_to_back_calls_and_a_side_stream(monkeypatch):
+    """Several calls queued without synchronisation (each with its own problem list and workspace), on a side
+    stream, must each give the CPU result."""
+    monkeypatch.setenv("ONEFORMORE_PROJECTION_CUDA_SCHEDULE", "grouped")
+    cases = [_projection_case(10 + i, (torch.float32, torch.bfloat16), scaled=bool(i % 2)) for i in range(4)]
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        results = []
+        for grads, bases, scales in cases:
+            cuda_grads = on_cuda(grads)
+            ops.project_gradients_(cuda_grads, on_cuda(bases), None if scales is None else on_cuda(scales))
+            results.append(cuda_grads)
+    stream.synchronize()
+    for (grads, bases, scales), got in zip(cases, results):
+        ops.project_gradients_(grads, bases, scales)
+        _assert_projections_match(got, grads)
 
 
 def test_projection_rejects_an_unknown_schedule(monkeypatch):
     monkeypatch.setenv("ONEFORMORE_PROJECTION_CUDA_SCHEDULE", "fastest")
-    grads, bases, _ = _projection_case(4)
+    grads, bases, _ = _projection_case(5)
     with pytest.raises(RuntimeError, match="ONEFORMORE_PROJECTION_CUDA_SCHEDULE: expected auto, grouped or library"):
         ops.project_gradients_(on_cuda(grads), on_cuda(bases))
 
 
 def test_projection_opcheck_on_cuda():
-    grads, bases, scales = _projection_case(5, scaled=True)
+    grads, bases, scales = _projection_case(6, scaled=True)
     torch.library.opcheck(torch.ops.oneformore.project_gradients_.default, (on_cuda(grads), on_cuda(bases), None))
     torch.library.opcheck(torch.ops.oneformore.project_gradients_.default,
                           (on_cuda(grads), on_cuda(bases), on_cuda(scales)))

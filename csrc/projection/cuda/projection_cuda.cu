@@ -4,6 +4,8 @@
 // enough to fill the GPU by itself goes to the library GEMM instead (projection.h's project_rows_: cuBLAS through
 // ATen), which is faster than a hand-written tile kernel there and whose per-launch cost is nothing next to its
 // work. ONEFORMORE_PROJECTION_CUDA_SCHEDULE=grouped | library forces one path for every layer (tests, benchmarks).
+// Under CUDA-graph capture every layer takes the library path: the grouped launch copies its problem list from a
+// host buffer that is recycled once the call returns, which a replayed graph would read again.
 #include <ATen/ATen.h>
 // Not ATen/cuda/CUDAContext.h: it pulls in cuSPARSE/cuBLAS headers that a minimal CUDA toolkit lacks.
 #include <c10/cuda/CUDAException.h>
@@ -133,8 +135,8 @@ struct Layer {
   at::Tensor g;                 // contiguous [rows, d] view of the gradient (a copy if it was not contiguous)
   at::Tensor u;                 // contiguous [d, k]
   std::optional<at::Tensor> q;  // contiguous [k, k]
-  float* p = nullptr;           // [rows, k] workspace: P = G U, then P (I - Q)
-  float* w = nullptr;           // [rows, k] workspace for P - P Q (scales only)
+  float* p = nullptr;           // [rows, k] workspace: P = G U
+  float* w = nullptr;           // [rows, k] workspace: P - P Q = P (I - Q) (scales only)
 };
 
 template <typename TG>
@@ -170,7 +172,9 @@ void project_gradients_cuda(at::TensorList grads, at::TensorList bases, std::opt
   const at::Device device = grads[0].device();
   const c10::cuda::CUDAGuard guard(device);
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
-  const Schedule schedule = schedule_from_env();
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(c10::cuda::getCurrentCUDAStream(), &capture));
+  const Schedule schedule = capture != cudaStreamCaptureStatusNone ? Schedule::kLibrary : schedule_from_env();
   const bool scaled = scales.has_value();
 
   std::vector<Layer> layers(grads.size());
