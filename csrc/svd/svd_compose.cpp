@@ -189,15 +189,33 @@ double brand_update_(at::Tensor& U, at::Tensor& S, const at::Tensor& A) {
   return step.dropped;
 }
 
+// Checks both isvd ops share: the lists line up, one S per U, and chunk_rows.
+void check_isvd_lists(const char* op, at::TensorList U, at::TensorList S, at::TensorList blocks, int64_t chunk_rows) {
+  check_layer_lists(op, U, "U", blocks);
+  TORCH_CHECK(S.size() == blocks.size(), "oneformore::", op, ": 'S' has ", S.size(), " tensor(s) but 'blocks' has ",
+              blocks.size());
+  OFM_CHECK_ARG(chunk_rows >= 1, "chunk_rows", "expected >= 1, got ", chunk_rows);
+}
+
+// S[l]: one value per column of U[l], in the block's dtype and on its device (contiguous too when written in place).
+void check_singular_values(int64_t l, const at::Tensor& S, const at::Tensor& U, const at::Tensor& A, bool in_place) {
+  OFM_CHECK_ARG(S.dim() == 1 && S.size(0) == U.size(1) && S.scalar_type() == A.scalar_type() &&
+                    S.device() == A.device() && (!in_place || S.is_contiguous()),
+                "S", "layer ", l, ": expected a ", in_place ? "contiguous " : "", "1-D ", A.scalar_type(),
+                " tensor of ", U.size(1), " values (one per column of U), got ", S.sizes(), " ", S.scalar_type());
+}
+
+// The [L, 2] energies on the blocks' device.
+at::Tensor on_blocks_device(const at::Tensor& energies, at::TensorList blocks) {
+  return energies.to(blocks.empty() ? at::Device(at::kCPU) : blocks[0].device());
+}
+
 }  // namespace
 
 std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> isvd_update(
     at::TensorList U, at::TensorList S, at::TensorList blocks, int64_t max_rank, int64_t chunk_rows) {
-  check_layer_lists("isvd_update", U, "U", blocks);
-  TORCH_CHECK(S.size() == blocks.size(), "oneformore::isvd_update: 'S' has ", S.size(), " tensor(s) but 'blocks' has ",
-              blocks.size());
+  check_isvd_lists("isvd_update", U, S, blocks, chunk_rows);
   OFM_CHECK_ARG(max_rank >= 1, "max_rank", "expected >= 1, got ", max_rank);
-  OFM_CHECK_ARG(chunk_rows >= 1, "chunk_rows", "expected >= 1, got ", chunk_rows);
   const int64_t L = static_cast<int64_t>(blocks.size());
   std::vector<at::Tensor> U_out;
   std::vector<at::Tensor> S_out;
@@ -206,10 +224,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> isvd_up
   at::Tensor energies = at::zeros({L, 2}, at::TensorOptions().dtype(at::kDouble));
   auto acc = energies.accessor<double, 2>();
   for (int64_t l = 0; l < L; ++l) {
-    OFM_CHECK_ARG(S[l].dim() == 1 && S[l].size(0) == U[l].size(1) && S[l].scalar_type() == blocks[l].scalar_type() &&
-                      S[l].device() == blocks[l].device(),
-                  "S", "layer ", l, ": expected a 1-D ", blocks[l].scalar_type(), " tensor of ", U[l].size(1),
-                  " values (one per column of U), got ", S[l].sizes(), " ", S[l].scalar_type());
+    check_singular_values(l, S[l], U[l], blocks[l], /*in_place=*/false);
     at::Tensor u = U[l].contiguous();
     at::Tensor s = S[l].contiguous();
     const at::Tensor& A = blocks[l];
@@ -228,24 +243,18 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> isvd_up
     U_out.push_back(u.is_same(U[l]) || u.data_ptr() == U[l].data_ptr() ? u.clone() : u);
     S_out.push_back(s.is_same(S[l]) || s.data_ptr() == S[l].data_ptr() ? s.clone() : s);
   }
-  return {U_out, S_out, energies.to(blocks.empty() ? at::Device(at::kCPU) : blocks[0].device())};
+  return {U_out, S_out, on_blocks_device(energies, blocks)};
 }
 
 at::Tensor isvd_update_(at::TensorList U, at::TensorList S, at::TensorList blocks, int64_t chunk_rows) {
-  check_layer_lists("isvd_update_", U, "U", blocks);
-  TORCH_CHECK(S.size() == blocks.size(), "oneformore::isvd_update_: 'S' has ", S.size(),
-              " tensor(s) but 'blocks' has ", blocks.size());
-  OFM_CHECK_ARG(chunk_rows >= 1, "chunk_rows", "expected >= 1, got ", chunk_rows);
+  check_isvd_lists("isvd_update_", U, S, blocks, chunk_rows);
   const int64_t L = static_cast<int64_t>(blocks.size());
   at::Tensor energies = at::zeros({L, 2}, at::TensorOptions().dtype(at::kDouble));
   auto acc = energies.accessor<double, 2>();
   for (int64_t l = 0; l < L; ++l) {
     OFM_CHECK_ARG(U[l].is_contiguous() && U[l].size(1) >= 1 && U[l].size(1) <= U[l].size(0), "U", "layer ", l,
                   ": expected a contiguous [d, R] factor with 1 <= R <= d, got ", U[l].sizes());
-    OFM_CHECK_ARG(S[l].dim() == 1 && S[l].size(0) == U[l].size(1) && S[l].scalar_type() == blocks[l].scalar_type() &&
-                      S[l].device() == blocks[l].device() && S[l].is_contiguous(),
-                  "S", "layer ", l, ": expected a contiguous 1-D ", blocks[l].scalar_type(), " tensor of ",
-                  U[l].size(1), " values (one per column of U), got ", S[l].sizes(), " ", S[l].scalar_type());
+    check_singular_values(l, S[l], U[l], blocks[l], /*in_place=*/true);
     at::Tensor u = U[l];
     at::Tensor s = S[l];
     const at::Tensor& A = blocks[l];
@@ -255,7 +264,7 @@ at::Tensor isvd_update_(at::TensorList U, at::TensorList S, at::TensorList block
       acc[l][1] += brand_update_(u, s, chunk);
     }
   }
-  return energies.to(blocks.empty() ? at::Device(at::kCPU) : blocks[0].device());
+  return on_blocks_device(energies, blocks);
 }
 
 }  // namespace svd

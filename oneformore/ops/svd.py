@@ -237,11 +237,15 @@ def _isvd_update_fake(U, S, blocks, max_rank, chunk_rows):
         k = isvd_output_rank(u.shape[1], a.shape[0], a.shape[1], max_rank, chunk_rows)
         U_out.append(u.new_empty((a.shape[1], k)))
         S_out.append(u.new_empty((k,)))
+    return U_out, S_out, _energies_like(blocks)
+
+
+def _energies_like(blocks) -> torch.Tensor:
+    """The [L, 2] float64 energies both isvd ops return, on the blocks' device."""
     device = blocks[0].device if blocks else torch.device("cpu")
-    return U_out, S_out, torch.empty((len(blocks), 2), dtype=torch.float64, device=device)
+    return torch.empty((len(blocks), 2), dtype=torch.float64, device=device)
 
 
 @torch.library.register_fake("oneformore::isvd_update_")
 def _isvd_update_inplace_fake(U, S, blocks, chunk_rows):
-    device = blocks[0].device if blocks else torch.device("cpu")
-    return torch.empty((len(blocks), 2), dtype=torch.float64, device=device)
+    return _energies_like(blocks)
