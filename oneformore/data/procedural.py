@@ -123,8 +123,29 @@ def _pick_centre(region: torch.Tensor, g: torch.Generator) -> tuple[float, float
     return (float(ys[i]) + 0.5) / size, (float(xs[i]) + 0.5) / size
 
 
+def draw_defect(img: torch.Tensor, kind: str, generator: torch.Generator,
+                region: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(img [3, H, W] in [0, 1] with one synthetic ``kind`` defect drawn on it, mask [H, W] in {0, 1}): the
+    dataset's defects, for any image (also to make synthetic anomalies in training). The defect is centred on a
+    random pixel of ``region`` ([H, W], nonzero where allowed; default: anywhere). A non-square image is padded to
+    a square for the drawing, so a defect has the same size relative to the longer side."""
+    if kind not in DEFECTS:
+        raise ValueError(f"kind: expected one of {DEFECTS}, got {kind!r}")
+    if img.dim() != 3 or img.shape[0] != 3:
+        raise ValueError(f"img: expected shape [3, H, W], got {tuple(img.shape)}")
+    h, w = img.shape[-2:]
+    region = torch.ones(h, w) if region is None else region
+    if region.shape != (h, w) or not bool((region > 0).any()):
+        raise ValueError(f"region: expected a [{h}, {w}] map with at least one nonzero pixel, got {tuple(region.shape)}")
+    size = max(h, w)
+    square = F.pad(img, (0, size - w, 0, size - h))
+    allowed = F.pad(region.float(), (0, size - w, 0, size - h))
+    out, mask = _defect(square, allowed, kind, generator)
+    return out[:, :h, :w], mask[:h, :w]
+
+
 def _defect(img: torch.Tensor, region: torch.Tensor, kind: str, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """(defective image, mask [H, W] in {0, 1})."""
+    """(defective image, mask [H, W] in {0, 1}) of a square image."""
     size = img.shape[-1]
     y, x = _grid(size)
     cy, cx = _pick_centre(region, g)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from oneformore.data.procedural import CATEGORIES, DEFECTS, ProceduralDataset, _generator, _texture
+from oneformore.data.procedural import CATEGORIES, DEFECTS, ProceduralDataset, _generator, _texture, draw_defect
 from oneformore.models.backbone import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -62,6 +62,33 @@ def test_defects_change_the_image_inside_their_mask(category):
         inside, outside = diff[mask[0] > 0].mean(), diff[mask[0] == 0].mean()
         assert inside > 0.1, (defect, float(inside))
         assert inside > 10 * outside, (defect, float(inside), float(outside))
+
+
+@pytest.mark.parametrize("kind", DEFECTS)
+@pytest.mark.parametrize("shape", [(48, 48), (40, 64), (64, 40)])
+def test_draw_defect_on_any_image_stays_inside_its_mask_and_region(kind, shape):
+    h, w = shape
+    clean = torch.rand(3, h, w, generator=torch.Generator().manual_seed(0)) * 0.2 + 0.4
+    region = torch.zeros(h, w)
+    region[h // 4: h // 2, w // 4: w // 2] = 1
+    img, mask = draw_defect(clean, kind, torch.Generator().manual_seed(1), region)
+    again, _ = draw_defect(clean, kind, torch.Generator().manual_seed(1), region)
+    assert img.shape == clean.shape and mask.shape == (h, w) and torch.equal(img, again)
+    assert img.min() >= 0 and img.max() <= 1 and set(mask.unique().tolist()) == {0.0, 1.0}
+    diff = (img - clean).abs().mean(0)
+    assert diff[mask > 0].mean() > 10 * diff[mask == 0].mean()
+    ys, xs = torch.nonzero(mask, as_tuple=True)  # centred in the region: its centre of mass is near it
+    assert h // 4 - h // 8 <= ys.float().mean() <= h // 2 + h // 8 and w // 4 - w // 8 <= xs.float().mean() <= w // 2 + w // 8
+
+
+def test_draw_defect_bad_arguments():
+    g = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match="kind: expected one of"):
+        draw_defect(torch.rand(3, 32, 32), "dent", g)
+    with pytest.raises(ValueError, match=r"img: expected shape \[3, H, W\]"):
+        draw_defect(torch.rand(1, 32, 32), "hole", g)
+    with pytest.raises(ValueError, match="region: expected a \\[32, 32\\] map with at least one nonzero pixel"):
+        draw_defect(torch.rand(3, 32, 32), "hole", g, torch.zeros(32, 32))
 
 
 def test_bad_arguments():

@@ -6,6 +6,7 @@ import torch
 
 from oneformore.config import load_config
 from oneformore.models.refiner import RefinerDetector, build_refiner
+from oneformore.models.refiner.defects import add_synthetic_defects
 from oneformore.models.refiner.tokens import complementary_masks, training_masks
 from oneformore.models.refiner.transformer import MaskedReconstructor
 from oneformore.train import Trainer, TrainerConfig
@@ -171,6 +172,9 @@ def test_argument_errors_name_the_argument(model):
     ("refiner.train_t_max=0", "refiner.train_t_max"),
     ("refiner.prediction=x0", "refiner.prediction: expected 'eps' or 'coarse_anchored'"),
     ("refiner.min_snr_gamma=-1", "refiner.min_snr_gamma"),
+    ("refiner.defect_prob=1.5", r"refiner.defect_prob: expected a probability in \[0, 1\]"),
+    ("refiner.defect_strength_min=0", r"refiner.defect_strength_min: expected in \(0, 1\]"),
+    ("refiner.defect_max=0", "refiner.defect_max: expected >= 1"),
 ])
 def test_config_errors_name_the_key(override, match):
     with pytest.raises(ValueError, match=match):
@@ -250,7 +254,9 @@ def test_refiner_trained_from_the_coarse_start_has_an_x0_loss():
     masked tokens. With the zero-initialised output conv of the coarse-anchored refiner, x̂0 = coarse, so its
     loss equals the transformer's own masked error; from the clean start (ε-loss) it does not."""
     torch.manual_seed(0)
-    m = build_refiner(small_config("refiner.prediction=coarse_anchored", "refiner.start=coarse")).train()
+    # without synthetic defects, so that the refiner's coarse condition is the transformer's output on the clean input
+    m = build_refiner(small_config("refiner.prediction=coarse_anchored", "refiner.start=coarse",
+                                   "refiner.defect_prob=0")).train()
     batch = {"image": torch.randn(2, 3, 64, 64)}
     transformer_loss, refiner_loss = m._losses(batch, torch.Generator().manual_seed(0), update_stats=False)
     torch.testing.assert_close(refiner_loss, transformer_loss, rtol=1e-4, atol=1e-6)
@@ -260,3 +266,65 @@ def test_refiner_trained_from_the_coarse_start_has_an_x0_loss():
     assert abs(refiner_clean.item() - transformer_loss.item()) > 1e-3
     with pytest.raises(ValueError, match="refiner.start: expected 'clean' or 'coarse'"):
         build_refiner(small_config("refiner.start=noise"))
+
+
+def test_synthetic_defects_corrupt_the_chosen_samples_only():
+    images = torch.randn(6, 3, 32, 48, generator=torch.Generator().manual_seed(0))
+    before = images.clone()
+    out, chosen = add_synthetic_defects(images, 0.5, 0.3, torch.Generator().manual_seed(2))
+    again, chosen_again = add_synthetic_defects(images, 0.5, 0.3, torch.Generator().manual_seed(2))
+    assert torch.equal(images, before) and torch.equal(out, again) and torch.equal(chosen, chosen_again)
+    assert out.shape == images.shape and out.dtype == images.dtype
+    changed = (out != images).flatten(1).any(1)
+    assert 0 < len(chosen) < 6 and changed.nonzero().flatten().tolist() == chosen.tolist()
+    none, empty = add_synthetic_defects(images, 0.0, 0.3, torch.Generator().manual_seed(2))
+    assert torch.equal(none, images) and empty.numel() == 0
+    _, every = add_synthetic_defects(images, 1.0, 1.0, torch.Generator().manual_seed(2))
+    assert every.tolist() == list(range(6))
+    with pytest.raises(ValueError, match=r"prob: expected a probability in \[0, 1\]"):
+        add_synthetic_defects(images, -0.1, 0.3, torch.Generator())
+    with pytest.raises(ValueError, match=r"strength_min: expected in \(0, 1\]"):
+        add_synthetic_defects(images, 0.5, 1.5, torch.Generator())
+    with pytest.raises(ValueError, match="max_defects: expected >= 1"):
+        add_synthetic_defects(images, 0.5, 0.3, torch.Generator(), max_defects=0)
+
+
+def test_more_defects_per_image_change_more_pixels():
+    images = torch.randn(8, 3, 48, 48, generator=torch.Generator().manual_seed(0))
+    one, _ = add_synthetic_defects(images, 1.0, 1.0, torch.Generator().manual_seed(1), max_defects=1)
+    many, _ = add_synthetic_defects(images, 1.0, 1.0, torch.Generator().manual_seed(1), max_defects=4)
+
+    def changed(out):
+        return int(((out - images).abs().amax(1) > 0.1).sum())
+
+    assert changed(many) > 1.5 * changed(one)
+
+
+@pytest.mark.parametrize("defect_prob", [0.0, 1.0])
+def test_refiner_context_comes_from_the_corrupted_image_and_its_target_stays_clean(defect_prob):
+    """With refiner.defect_prob = 1 every sample's refiner sees a corrupted visible context and the transformer's
+    reconstruction of exactly that context; the transformer's own loss (clean input) is unchanged."""
+    torch.manual_seed(0)
+    m = build_refiner(small_config("refiner.start=coarse", "refiner.prediction=coarse_anchored",
+                                   "refiner.defect_prob=0")).train()
+    batch = {"image": torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))}
+    seen = {}
+    hook = m.refiner.register_forward_pre_hook(lambda mod, args: seen.update(zip(("x_t", "t", "coarse", "visible",
+                                                                                  "mask"), args)))
+    try:
+        clean = m._losses(batch, torch.Generator().manual_seed(0), update_stats=False)
+        clean_visible = seen["visible"]
+        m.diffusion_cfg.defect_prob = defect_prob
+        corrupted = m._losses(batch, torch.Generator().manual_seed(0), update_stats=False)
+    finally:
+        hook.remove()
+    torch.testing.assert_close(corrupted[0], clean[0])
+    mask = seen["mask"][:, 0] > 0
+    with torch.no_grad():
+        torch.testing.assert_close(seen["coarse"], m.transformer(seen["visible"], mask))
+    differs = (seen["visible"] != clean_visible).flatten(1).any(1)
+    assert differs.tolist() == [defect_prob == 1.0] * 2
+    # the refiner's loss: x̂0 = coarse (zero-initialised correction) against the clean features
+    x = m.encode(batch["image"])
+    expected = ((seen["coarse"] - x) ** 2 * seen["mask"]).sum() / (seen["mask"].sum() * x.shape[1])
+    torch.testing.assert_close(corrupted[1], expected, rtol=1e-4, atol=1e-6)

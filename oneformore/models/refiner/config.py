@@ -75,8 +75,21 @@ class DiffusionConfig:
     # learns to turn a noised coarse estimate into x instead of reading x out of an x_t that at test time never
     # contains it (at t = 200, x_t built from x still holds 2/3 of x's signal; see the README's refiner section).
     start: str = "clean"
+    # Synthetic anomalies in the refiner's context (see defects.py): each training image is corrupted with
+    # probability defect_prob by 1 to defect_max procedural defects, each at an opacity in [defect_strength_min, 1];
+    # the refiner is conditioned on the corrupted image's visible features and on the transformer's reconstruction
+    # from them, and its target stays the clean features. The transformer's own training input is never corrupted.
+    defect_prob: float = 0.0
+    defect_strength_min: float = 0.3
+    defect_max: int = 1
 
     def __post_init__(self):
+        if not 0.0 <= self.defect_prob <= 1.0:
+            raise ValueError(f"refiner.defect_prob: expected a probability in [0, 1], got {self.defect_prob}")
+        if not 0.0 < self.defect_strength_min <= 1.0:
+            raise ValueError(f"refiner.defect_strength_min: expected in (0, 1], got {self.defect_strength_min}")
+        if self.defect_max < 1:
+            raise ValueError(f"refiner.defect_max: expected >= 1, got {self.defect_max}")
         if self.prediction not in ("eps", "coarse_anchored"):
             raise ValueError(f"refiner.prediction: expected 'eps' or 'coarse_anchored', got {self.prediction!r}")
         if self.start not in ("clean", "coarse"):

@@ -13,7 +13,11 @@ weighted by min(SNR, γ)/SNR (min-SNR-γ, Hang et al. 2023), which bounds the x�
 ``refiner.start: coarse`` noises the training x_t from what sampling starts from (the coarse reconstruction at
 the masked tokens, the input at the visible ones) instead of from x, and puts the loss on the x̂0 that the DDIM
 step derives from ε̂ (x̂0 − x over the masked tokens): the refiner is trained on the inputs it sees at test time.
-The paper is silent on all three; they are our choices, measured against the plain ε-network in the README.
+``refiner.defect_prob`` > 0 trains the refiner on anomalous context: that share of the images gets a synthetic
+defect (:mod:`.defects`), and for them the refiner's condition and the visible tokens of x_t come from the
+corrupted image's features, its coarse condition from the transformer's reconstruction of those, while its target
+stays the clean x (the transformer's own loss still sees only the clean image).
+The paper is silent on all four; they are our choices, measured against the plain ε-network in the README.
 
 Scoring: the K complementary masks (:func:`.tokens.complementary_masks`) run as one batch of K·B; partition k's
 coarse result is the transformer output r_k, and the coarse reconstruction takes every token from the partition that
@@ -36,6 +40,7 @@ from ...diffusion import NoiseSchedule, Sampler
 from ...metrics.image_score import image_scores
 from ...ops import reference
 from .config import DiffusionConfig, InferenceConfig, MaskConfig
+from .defects import add_synthetic_defects
 from .denoiser import RefinerDenoiser
 from .features import AlignedFeatures, FeatureNormalizer
 from .tokens import complementary_masks, training_masks
@@ -127,18 +132,36 @@ class RefinerDetector(nn.Module):
         t = torch.randint(0, self.diffusion_cfg.train_t_max, (b,), generator=generator).to(x.device)
         noise = torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
         a = self.alphas_cumprod[t].view(b, 1, 1, 1).to(x.dtype)
-        coarse = rec.detach()
+        context, coarse = self._refiner_context(images, x, rec.detach(), mask, generator)
         from_coarse = self.diffusion_cfg.start == "coarse"
         # noised from what sampling starts from (the coarse tokens, the visible input), or from the clean features
-        origin = m * coarse + (1 - m) * x if from_coarse else x
+        origin = m * (coarse if from_coarse else x) + (1 - m) * context
         x_t = a.sqrt() * origin + (1 - a).sqrt() * noise
-        eps = self._eps(self.refiner(x_t, t, coarse, x * (1 - m), m), x_t, t, coarse)
+        eps = self._eps(self.refiner(x_t, t, coarse, context * (1 - m), m), x_t, t, coarse)
         if from_coarse:
             x0 = (x_t - (1 - a).sqrt() * eps) / a.sqrt()  # the x̂0 the DDIM step takes from this ε̂
             refiner_loss = ((x0 - x) ** 2 * m).sum() / denom
         else:
             refiner_loss = ((eps - noise) ** 2 * m * self._loss_weights(a)).sum() / denom
         return transformer_loss, refiner_loss
+
+    def _refiner_context(self, images, x, coarse, mask, generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features the refiner sees at the visible tokens, its coarse condition): x and the transformer's
+        reconstruction, or, with ``refiner.defect_prob`` > 0, both recomputed for the samples that
+        :func:`.defects.add_synthetic_defects` corrupted (no gradient to the transformer, no statistics update)."""
+        cfg = self.diffusion_cfg
+        if cfg.defect_prob == 0:
+            return x, coarse
+        corrupted, chosen = add_synthetic_defects(images, cfg.defect_prob, cfg.defect_strength_min, generator,
+                                                    cfg.defect_max)
+        if chosen.numel() == 0:
+            return x, coarse
+        chosen = chosen.to(x.device)
+        context, coarse = x.clone(), coarse.clone()
+        with torch.no_grad():
+            context[chosen] = self.normalizer(self.features(corrupted[chosen]))
+            coarse[chosen] = self.transformer(context[chosen], mask[chosen])
+        return context, coarse
 
     def _eps(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
         """The refiner's predicted noise from its output (see ``refiner.prediction``)."""

@@ -1,0 +1,47 @@
+"""Synthetic defects on a training batch: what the refiner's context looks like when the input is anomalous.
+
+At test time the refiner is conditioned on an anomalous image's own features (the visible tokens, and the coarse
+reconstruction the transformer made from them), and a refiner that has only seen normal context learns to carry
+whatever it sees into the tokens it predicts, a crack included. Training it on corrupted context with the clean
+features as the target teaches it the opposite (One-for-More's AMN logic, applied to the refiner's condition;
+the synthetic defects are the procedural dataset's scratches, holes and stains, as DRAEM and CutPaste train on
+generated anomalies). Each defect is blended in at a random opacity, so faint defects are learned too.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ...data.procedural import DEFECTS, draw_defect
+from ..backbone import IMAGENET_MEAN, IMAGENET_STD
+
+
+def add_synthetic_defects(images: torch.Tensor, prob: float, strength_min: float, generator: torch.Generator,
+                          max_defects: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images with synthetic defects in a random subset of samples, that subset's indices [n] int64).
+
+    ``images`` [B, 3, H, W] are ImageNet-normalised (the package's dataset convention); each sample is corrupted
+    with probability ``prob`` by 1 to ``max_defects`` defects (uniform count), each of a uniformly chosen kind,
+    blended at an opacity uniform in [``strength_min``, 1]. Every draw comes from ``generator``; the input is not
+    modified."""
+    if not 0.0 <= prob <= 1.0:
+        raise ValueError(f"prob: expected a probability in [0, 1], got {prob}")
+    if not 0.0 < strength_min <= 1.0:
+        raise ValueError(f"strength_min: expected in (0, 1], got {strength_min}")
+    if max_defects < 1:
+        raise ValueError(f"max_defects: expected >= 1, got {max_defects}")
+    b = images.shape[0]
+    chosen = torch.nonzero(torch.rand(b, generator=generator) < prob).flatten()
+    out = images.clone()
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    for i in chosen.tolist():
+        img = (images[i].detach().float().cpu() * std + mean).clamp(0, 1)
+        count = 1 + int(torch.randint(max_defects, (1,), generator=generator)) if max_defects > 1 else 1
+        for _ in range(count):
+            kind = DEFECTS[int(torch.randint(len(DEFECTS), (1,), generator=generator))]
+            strength = strength_min + (1.0 - strength_min) * float(torch.rand((), generator=generator))
+            defective, _ = draw_defect(img, kind, generator)
+            img = img + strength * (defective - img)
+        out[i] = ((img - mean) / std).to(images.device, images.dtype)
+    return out, chosen
