@@ -2,20 +2,20 @@
 float64 references in the other files of this folder), plus opcheck on CUDA. Skipped without a GPU; run them on one
 with ``python -m pytest tests/ops/test_cuda.py``."""
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from oneformore import ops
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bases import orthonormal  # noqa: E402
+
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 CUDA = torch.device("cuda")
-
-
-def orthonormal(d: int, k: int, gen: torch.Generator) -> torch.Tensor:
-    if k == 0:
-        return torch.zeros(d, 0)
-    return torch.linalg.qr(torch.randn(d, k, dtype=torch.float64, generator=gen)).Q.float().contiguous()
 
 
 def on_cuda(tensors):

@@ -1,6 +1,9 @@
 """project_gradients_: against the float64 eager reference, the projection property, dtypes, scales, opcheck,
 torch.compile, and argument errors."""
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from hypothesis import example, given, settings
@@ -9,15 +12,10 @@ from hypothesis import strategies as st
 from oneformore.ops import project_gradients_
 from oneformore.ops.reference import projection as reference
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bases import orthonormal  # noqa: E402
+
 OP = torch.ops.oneformore.project_gradients_
-
-
-def orthonormal(d: int, k: int, gen: torch.Generator) -> torch.Tensor:
-    """U [d, k] float32 with orthonormal columns (QR in float64, then rounded)."""
-    if k == 0:
-        return torch.zeros(d, 0)
-    q, _ = torch.linalg.qr(torch.randn(d, k, dtype=torch.float64, generator=gen))
-    return q.float().contiguous()
 
 
 # A layer: (out, in, kernel) with kernel 0 meaning nn.Linear, else a kernel x kernel conv.

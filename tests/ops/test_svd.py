@@ -1,18 +1,20 @@
 """The svd ops against float64 references, opcheck, torch.compile, bad arguments; randomized_svd vs linalg.svd."""
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from oneformore.ops import block_residual, gram_update_, isvd_update, isvd_update_, randomized_svd
 from oneformore.ops.reference import svd as ref
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bases import orthonormal  # noqa: E402
+
 
 def rel(a, b):
     return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
-
-
-def orthonormal(d, k, dtype=torch.float32):
-    return torch.linalg.qr(torch.randn(d, k, dtype=torch.float64)).Q.to(dtype)
 
 
 def low_rank(n, d, rank, dtype=torch.float32):
@@ -38,7 +40,7 @@ def test_block_residual_matches_float64_reference():
 
 
 def test_block_residual_float64_and_half_inputs():
-    a, u = torch.randn(64, 16, dtype=torch.float64), orthonormal(16, 3, torch.float64)
+    a, u = torch.randn(64, 16, dtype=torch.float64), orthonormal(16, 3, dtype=torch.float64)
     (r,), e = block_residual([a], [u])
     assert r.dtype == torch.float64
     torch.testing.assert_close(r, a - a @ u @ u.T)
