@@ -136,7 +136,8 @@ def draw_defect(img: torch.Tensor, kind: str, generator: torch.Generator,
     h, w = img.shape[-2:]
     region = torch.ones(h, w) if region is None else region
     if region.shape != (h, w) or not bool((region > 0).any()):
-        raise ValueError(f"region: expected a [{h}, {w}] map with at least one nonzero pixel, got {tuple(region.shape)}")
+        raise ValueError(f"region: expected a [{h}, {w}] map with at least one nonzero pixel, "
+                         f"got {tuple(region.shape)}")
     size = max(h, w)
     square = F.pad(img, (0, size - w, 0, size - h))
     allowed = F.pad(region.float(), (0, size - w, 0, size - h))

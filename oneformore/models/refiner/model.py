@@ -14,9 +14,9 @@ weighted by min(SNR, γ)/SNR (min-SNR-γ, Hang et al. 2023), which bounds the x�
 the masked tokens, the input at the visible ones) instead of from x, and puts the loss on the x̂0 that the DDIM
 step derives from ε̂ (x̂0 − x over the masked tokens): the refiner is trained on the inputs it sees at test time.
 ``refiner.defect_prob`` > 0 trains the refiner on anomalous context: that share of the images gets one to
-``refiner.defect_max`` synthetic defects (:mod:`.defects`), and for them the refiner's condition and the visible tokens of x_t come from the
-corrupted image's features, its coarse condition from the transformer's reconstruction of those, while its target
-stays the clean x (the transformer's own loss still sees only the clean image).
+``refiner.defect_max`` synthetic defects (:mod:`.defects`), and for them the refiner's condition and the visible
+tokens of x_t come from the corrupted image's features, its coarse condition from the transformer's reconstruction
+of those, while its target stays the clean x (the transformer's own loss still sees only the clean image).
 The paper is silent on all four; they are our choices, measured against the plain ε-network in the README.
 
 Scoring: the K complementary masks (:func:`.tokens.complementary_masks`) run as one batch of K·B; partition k's
