@@ -9,12 +9,14 @@ Bases: random orthonormal U [d, d // 2] per layer (as after a first task), built
 One intra-op thread (OMP_NUM_THREADS=1) gives stable figures on a shared machine: with two threads and a busy other
 core, every parallel region waits for a descheduled thread and single steps took up to 10x longer.
 
-Inference (``AnomalyScorer``: encode, noise to t = 999, DDIM 10 steps, decode, backbone features of input and
-reconstruction, anomaly map): ``InferenceConfig(eager=False)`` (fused ``ddim_step`` and ``anomaly_map``) against
+Inference (``AnomalyScorer``: encode, noise to the preset's t_start, DDIM 10 steps, then, in latent space, decode and
+the backbone features of input and reconstruction, in feature space (the tiny preset) the denoised features
+themselves; anomaly map): ``InferenceConfig(eager=False)`` (fused ``ddim_step`` and ``anomaly_map``) against
 ``eager=True`` (the references in oneformore/ops/reference), same weights and inputs; both maps are compared outside
 the timing (on the untimed first call of each row).
 
-Sizes: ``tiny`` at batch 8, 128 px (the preset). ``base`` at batch 1: its preset (SD-1.5 widths, 937 M parameters
+Sizes: ``tiny`` at batch 8, 128 px (the preset: diffusion in the backbone's feature space, x0-prediction, synthetic
+defects in every training image). ``base`` at batch 1: its preset (SD-1.5 widths, 937 M parameters
 in the UNet + control branch, 256 px) is beyond a 2-core CPU — 74 s per training step without projection and 16 s per
 denoiser call (10 per image) at 256 px, and its k = d/2 bases alone would be 16 GiB (20 TFLOP per projection) — so
 it runs with the preset's architecture at reduced width and size: ``unet.channels`` = OFM_BENCH_BASE_CHANNELS
@@ -40,10 +42,9 @@ import torch
 from oneformore.config import load_config
 from oneformore.continual import GradientProjector
 from oneformore.diffusion import NoiseSchedule
-from oneformore.models.backbone import load_backbone
-from oneformore.models.build import DiffusionNetworks, build_networks, count_parameters
+from oneformore.models.build import DiffusionNetworks, count_parameters
+from oneformore.models.continual_model import ContinualDiffusionModel
 from oneformore.models.inference import AnomalyScorer, InferenceConfig
-from oneformore.models.objective import DenoisingObjective
 
 BASE_CHANNELS = int(os.environ.get("OFM_BENCH_BASE_CHANNELS", "80"))
 BASE_SIZE = int(os.environ.get("OFM_BENCH_BASE_SIZE", "128"))
@@ -65,10 +66,14 @@ def _only_when_timing(request):
 @dataclass
 class Detector:
     name: str
-    networks: DiffusionNetworks
+    model: ContinualDiffusionModel
     schedule: NoiseSchedule
     images: torch.Tensor
     projector: GradientProjector
+
+    @property
+    def networks(self) -> DiffusionNetworks:
+        return self.model.networks
 
     @property
     def label(self) -> str:
@@ -101,12 +106,12 @@ def detector(request) -> Detector:
     overrides, batch, _ = SETTINGS[name]
     config = load_config(name, overrides)
     torch.manual_seed(0)
-    networks = build_networks(config)
-    projector = GradientProjector(networks.denoiser)
+    model = ContinualDiffusionModel(config)
+    projector = GradientProjector(model.networks.denoiser)
     projector.set_bases(random_orthonormal_bases(projector))
     size = config["image_size"]
     images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
-    return Detector(name, networks, NoiseSchedule("linear"), images, projector)
+    return Detector(name, model, NoiseSchedule("linear"), images, projector)
 
 
 # --- training step -----------------------------------------------------------------------------------------------
@@ -124,7 +129,7 @@ def eager_projection(projector: GradientProjector) -> None:
 
 @pytest.mark.parametrize("projection", ["fused", "eager", "none"])
 def test_training_step(benchmark, detector, projection):
-    objective = DenoisingObjective(detector.networks, detector.schedule.alphas_cumprod.float())
+    objective = detector.model.objective
     objective.train()
     optimizer = torch.optim.AdamW([p for p in detector.networks.denoiser.parameters() if p.requires_grad], lr=1e-5)
     project = {"fused": detector.projector.project, "eager": lambda: eager_projection(detector.projector),
@@ -146,22 +151,19 @@ def test_training_step(benchmark, detector, projection):
 
 # --- inference ---------------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def backbone():
-    return load_backbone("efficientnet_lite0")
-
-
-def scorer(detector: Detector, backbone, eager: bool) -> AnomalyScorer:
-    return AnomalyScorer(detector.networks, backbone, detector.schedule,
-                         InferenceConfig(steps=DDIM_STEPS, eager=eager)).eval()
+def scorer(detector: Detector, eager: bool) -> AnomalyScorer:
+    model = detector.model
+    cfg = InferenceConfig(**{**model.config.get("inference", {}), "steps": DDIM_STEPS, "eager": eager})
+    return AnomalyScorer(model.networks, model.backbone, detector.schedule, cfg, model.features,
+                         model.objective.cfg.prediction).eval()
 
 
 _maps: dict[tuple[str, str], torch.Tensor] = {}  # (config, ops) -> the maps of the untimed first call
 
 
 @pytest.mark.parametrize("ops", ["fused", "eager"])
-def test_inference(benchmark, detector, backbone, ops):
-    model = scorer(detector, backbone, eager=ops == "eager")
+def test_inference(benchmark, detector, ops):
+    model = scorer(detector, eager=ops == "eager")
 
     def infer():
         return model(detector.images, torch.Generator().manual_seed(2))  # the same noise on every call

@@ -152,9 +152,9 @@ def detector_projector(config: str):
     every projectable layer and orthonormal bases with k = d // 2, through the real GradientProjector."""
     from oneformore.config import load_config
     from oneformore.continual import GradientProjector
-    from oneformore.models.build import build_networks
+    from oneformore.models.continual_model import ContinualDiffusionModel
 
-    denoiser = build_networks(load_config(config)).denoiser
+    denoiser = ContinualDiffusionModel(load_config(config)).networks.denoiser
     projector = GradientProjector(denoiser)
     gen = torch.Generator().manual_seed(0)
     bases = {}

@@ -16,8 +16,7 @@ from .common import add_data_args, add_run_args, data_source, parse_categories
 
 PROCEDURAL_TASKS = [["stripes"], ["disc"], ["marble"]]
 # small enough for a few minutes on a laptop CPU; the real-data demo keeps the tiny config's sizes
-PROCEDURAL_OVERRIDES = ["image_size=64", "train.steps=150", "autoencoder_train.steps=100", "train.warmup_steps=10",
-                        "continual.bases.images=32"]
+PROCEDURAL_OVERRIDES = ["image_size=64", "train.steps=150", "train.warmup_steps=10"]
 
 
 def register(sub) -> None:

@@ -12,8 +12,10 @@ Detector-model interface (what :class:`oneformore.detector.Detector` and the tra
 
 Here: ``prepare`` trains the autoencoder (latent space) on the first task's images, or loads pretrained weights
 from the local file ``autoencoder.weights``, and freezes it, as the paper's latent diffusion uses a frozen
-pretrained autoencoder; ``training_loss`` is the ε-objective with AMN-masked
-conditions (:mod:`oneformore.models.objective`); ``score`` is :class:`~oneformore.models.inference.AnomalyScorer`.
+pretrained autoencoder; in feature space (``space: features``) there is nothing to prepare: the frozen pretrained
+backbone is the encoder, and its feature statistics are taken from the first task's first training batches;
+``training_loss`` is the denoising objective with AMN-masked conditions (:mod:`oneformore.models.objective`);
+``score`` is :class:`~oneformore.models.inference.AnomalyScorer`.
 """
 
 from __future__ import annotations
@@ -26,11 +28,11 @@ from torch import nn
 from ..data.loader import collate_samples
 from ..diffusion import NoiseSchedule
 from ..train import Trainer, TrainerConfig
-from .amn import masked_condition
 from .backbone import load_backbone
 from .build import build_networks
+from .features import FeatureSpace
 from .inference import AnomalyScorer, InferenceConfig
-from .objective import DenoisingObjective
+from .objective import DenoisingObjective, ObjectiveConfig
 
 
 def build_schedule(config: dict) -> NoiseSchedule:
@@ -64,15 +66,23 @@ class ContinualDiffusionModel(nn.Module):
     def __init__(self, config: dict, backbone: nn.Module | None = None):
         super().__init__()
         self.config = config
-        self.networks = build_networks(config)
-        schedule = build_schedule(config)
-        self.objective = DenoisingObjective(self.networks, torch.as_tensor(schedule.alphas_cumprod))
         if backbone is None:
             bb = config["backbone"]
             backbone = load_backbone(bb["name"], bb.get("weights"), tuple(bb.get("strides", (4, 8, 16))))
         self.backbone = backbone.requires_grad_(False).eval()
+        self.features = None
+        if config.get("space", "latent") == "features":
+            feats = dict(config.get("features") or {})
+            self.features = FeatureSpace(self.backbone, int(feats.get("grid_stride", 8)),
+                                         int(feats.get("norm_batches", 50)), float(feats.get("cache_mb", 0)))
+        self.networks = build_networks(config, self.features.channels if self.features is not None else None)
+        schedule = build_schedule(config)
+        objective = ObjectiveConfig(**(config.get("objective") or {}))
+        self.objective = DenoisingObjective(self.networks, torch.as_tensor(schedule.alphas_cumprod), objective,
+                                            self.features)
         self.scorer = AnomalyScorer(self.networks, self.backbone, schedule,
-                                    InferenceConfig(**config.get("inference", {})))
+                                    InferenceConfig(**config.get("inference", {})), self.features,
+                                    objective.prediction)
 
     @property
     def trainable(self) -> nn.Module:
@@ -93,16 +103,10 @@ class ContinualDiffusionModel(nn.Module):
 
     @torch.no_grad()
     def activation_pass(self, batch, generator: torch.Generator | None = None) -> None:
-        """The denoiser on training-like inputs: x_t at a random timestep per image, AMN-masked condition."""
-        images = batch["image"]
-        x0 = self.objective.to_x0(images)
-        b = x0.shape[0]
-        alphas = self.objective.alphas_cumprod
-        t = torch.randint(0, len(alphas), (b,), generator=generator).to(x0.device)
-        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
-        a = alphas[t].view(b, 1, 1, 1).to(x0.dtype)
-        cond, _ = masked_condition(images, self.networks.amn, generator)
-        self.networks.denoiser(a.sqrt() * x0 + (1 - a).sqrt() * noise, t, cond)
+        """The denoiser on the training inputs (:meth:`DenoisingObjective.training_inputs`: a random timestep per
+        image, AMN-masked condition, synthetic defects when configured), without updating feature statistics."""
+        x_t, t, cond, *_ = self.objective.training_inputs(batch["image"], generator, keys=batch.get("path"))
+        self.networks.denoiser(x_t, t, cond)
 
     @torch.no_grad()
     def score(self, images: torch.Tensor, generator: torch.Generator | None = None):

@@ -79,15 +79,25 @@ class ControlNet(nn.Module):
         branch.encoder.load_state_dict(unet.encoder.state_dict())
         return branch
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> list[torch.Tensor]:
+    def encode_condition(self, cond: torch.Tensor) -> torch.Tensor:
+        """The hint features of ``cond``: what :meth:`forward` adds to the stem's output. A sampler whose condition
+        is fixed computes them once and passes them as ``hint`` (the hint encoder runs at pixel resolution)."""
         if cond.shape[1] != self.cond_channels:
             raise ValueError(f"cond: expected {self.cond_channels} channels, got {cond.shape[1]}")
-        hint = self.hint(cond)
-        if hint.shape[-2:] != x_t.shape[-2:]:
-            raise ValueError(
-                f"cond: spatial size {tuple(cond.shape[-2:])} / downsampling {self.hint.downsampling} gives "
-                f"{tuple(hint.shape[-2:])}, but x_t is {tuple(x_t.shape[-2:])}"
-            )
+        return self.hint(cond)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None,
+                hint: torch.Tensor | None = None) -> list[torch.Tensor]:
+        if hint is not None:
+            if hint.shape[-2:] != x_t.shape[-2:]:
+                raise ValueError(f"hint: spatial size {tuple(hint.shape[-2:])}, but x_t is {tuple(x_t.shape[-2:])}")
+        else:
+            hint = self.encode_condition(cond)
+            if hint.shape[-2:] != x_t.shape[-2:]:
+                raise ValueError(
+                    f"cond: spatial size {tuple(cond.shape[-2:])} / downsampling {self.hint.downsampling} gives "
+                    f"{tuple(hint.shape[-2:])}, but x_t is {tuple(x_t.shape[-2:])}"
+                )
         t = torch.as_tensor(t, device=x_t.device)
         if t.dim() == 0:
             t = t.expand(x_t.shape[0])
@@ -108,10 +118,15 @@ class ControlledDenoiser(nn.Module):
         self.control = control
         self.control_scale = control_scale
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
-        if cond is None:  # the UNet alone, without control
+    def encode_condition(self, cond: torch.Tensor) -> torch.Tensor:
+        """``cond``'s hint features, to pass as ``hint`` to every call with the same condition."""
+        return self.control.encode_condition(cond)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None,
+                hint: torch.Tensor | None = None) -> torch.Tensor:
+        if cond is None and hint is None:  # the UNet alone, without control
             return self.unet(x_t, t)
-        residuals = self.control(x_t, t, cond)
+        residuals = self.control(x_t, t, cond, hint)
         if self.control_scale != 1.0:
             residuals = [r * self.control_scale for r in residuals]
         return self.unet(x_t, t, control=residuals)

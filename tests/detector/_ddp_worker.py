@@ -1,5 +1,5 @@
 """Run by tests/detector/test_detector_ddp.py under `torch.distributed.run --nproc_per_node=2` (gloo, CPU): the
-whole continual fit (autoencoder, two tasks with gradient projection, bases, tests) on procedural data."""
+whole continual fit (feature statistics, two tasks with gradient projection, bases, tests) on procedural data."""
 
 import os
 import sys

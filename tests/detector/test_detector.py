@@ -148,14 +148,39 @@ def test_bad_arguments_are_named(tmp_path):
         detector.predict([tmp_path / "missing.png"])
 
 
-def test_autoencoder_weights_from_a_local_file_replace_its_training(projection_run, tmp_path):
+def test_latent_space_trains_its_autoencoder_once_before_the_first_task(tmp_path):
+    detector, result = _fit(tmp_path, "projection", "space=latent")
+    ae = detector.model.autoencoder
+    assert bool(ae.trained) and float(ae.scale) != 1.0 and not any(p.requires_grad for p in ae.parameters())
+    r = result.r["image_auroc"]
+    assert all(0.0 <= v <= 1.0 for v in (r[0][0], r[1][0], r[1][1]))
+    assert detector.projector.bases and any(u.shape[1] > 0 for u in detector.projector.bases.values())
+
+
+def test_feature_space_has_no_autoencoder_and_freezes_its_statistics(projection_run):
     _, detector, _ = projection_run
-    trained = detector.model.autoencoder.state_dict()
+    model = detector.model
+    assert model.autoencoder is None and model.features is not None
+    normalizer = model.features.normalizer
+    assert int(normalizer.batches) > 0 and float(normalizer.std.min()) > 0  # taken from task 0, kept since
+    state = detector.state_dict()["model"]
+    assert "features.normalizer.mean" in state and "features.normalizer.std" in state
+
+
+def test_autoencoder_weights_from_a_local_file_replace_its_training(tmp_path):
+    latent = Detector("tiny", small("space=latent"), device="cpu", progress=False).model.autoencoder
+    with torch.no_grad():
+        for param in latent.parameters():
+            param.add_(0.01)  # not the initialisation a fresh detector starts from
+    latent.scale.fill_(0.5)
+    latent.trained.fill_(True)
+    trained = latent.state_dict()
     images = _source().dataset(["stripes"], "train")
     for name, payload in [("state.pt", trained),  # the autoencoder's state dict, or its training run's last.pt
                           ("last.pt", {"step": 4, "ema": trained, "model": trained})]:
         torch.save(payload, tmp_path / name)
-        fresh = Detector("tiny", small(f"autoencoder.weights={tmp_path / name}"), device="cpu", progress=False)
+        fresh = Detector("tiny", small("space=latent", f"autoencoder.weights={tmp_path / name}"), device="cpu",
+                         progress=False)
         fresh.model.prepare(images, tmp_path / "ae_run", False)
         assert not (tmp_path / "ae_run").exists()  # nothing trained
         loaded = fresh.model.autoencoder.state_dict()
@@ -163,13 +188,16 @@ def test_autoencoder_weights_from_a_local_file_replace_its_training(projection_r
             torch.testing.assert_close(loaded[key], value, rtol=0, atol=0, msg=key)
     bare = {k: v for k, v in trained.items() if k not in ("scale", "trained")}  # no latent scale: calibrated
     torch.save(bare, tmp_path / "bare.pt")
-    fresh = Detector("tiny", small(f"autoencoder.weights={tmp_path / 'bare.pt'}"), device="cpu", progress=False)
+    fresh = Detector("tiny", small("space=latent", f"autoencoder.weights={tmp_path / 'bare.pt'}"), device="cpu",
+                     progress=False)
     fresh.model.prepare(images, tmp_path / "ae_run", False)
     assert bool(fresh.model.autoencoder.trained) and float(fresh.model.autoencoder.scale) != 1.0
-    wider = Detector("tiny", small("autoencoder.channels=16", f"autoencoder.weights={tmp_path / 'state.pt'}"),
+    wider = Detector("tiny", small("space=latent", "autoencoder.channels=16",
+                                   f"autoencoder.weights={tmp_path / 'state.pt'}"),
                      device="cpu", progress=False)
     with pytest.raises(ValueError, match="autoencoder.weights: .* does not fit"):
         wider.model.prepare(images, tmp_path / "ae_run", False)
-    missing = Detector("tiny", small(f"autoencoder.weights={tmp_path / 'nothing.pt'}"), device="cpu", progress=False)
+    missing = Detector("tiny", small("space=latent", f"autoencoder.weights={tmp_path / 'nothing.pt'}"),
+                       device="cpu", progress=False)
     with pytest.raises(FileNotFoundError, match="autoencoder.weights"):
         missing.model.prepare(images, tmp_path / "ae_run", False)

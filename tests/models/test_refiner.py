@@ -6,7 +6,7 @@ import torch
 
 from oneformore.config import load_config
 from oneformore.models.refiner import RefinerDetector, build_refiner
-from oneformore.models.refiner.defects import add_synthetic_defects
+from oneformore.models.defects import add_synthetic_defects
 from oneformore.models.refiner.tokens import complementary_masks, training_masks
 from oneformore.models.refiner.transformer import MaskedReconstructor
 from oneformore.train import Trainer, TrainerConfig

@@ -93,14 +93,47 @@ def test_control_on_a_downsampled_latent():
         control(torch.randn(1, 4, 8, 8), torch.tensor([9]), torch.randn(1, 3, 32, 32))
 
 
+def test_a_precomputed_hint_gives_the_same_output():
+    """Samplers encode a fixed condition once (``encode_condition``) and pass it as ``hint`` at every step."""
+    cfg = UNetConfig(in_channels=4, out_channels=4, channels=8, channel_mult=(1, 2), attention_levels=(), groups=4)
+    unet = UNet(cfg)
+    _randomise_zero_inits(unet)
+    control = ControlNet.from_unet(unet, cond_channels=4, downsampling=4, hint_widths=(4, 8))
+    _randomise_zero_inits(control)
+    model = ControlledDenoiser(unet, control)
+    x, t, cond = torch.randn(2, 4, 8, 8), torch.tensor([9, 400]), condition(torch.randn(2, 3, 32, 32))
+    hint = model.encode_condition(cond)
+    assert hint.shape == (2, 8, 8, 8)
+    torch.testing.assert_close(model(x, t, None, hint=hint), model(x, t, cond), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="hint: spatial size"):
+        model(torch.randn(2, 4, 4, 4), t, None, hint=hint)
+
+
 @pytest.mark.parametrize("preset", ["tiny", "base"])
-def test_presets_build(preset):
-    config = load_config(preset)
+def test_presets_build_in_latent_space(preset):
+    config = load_config(preset, ["space=latent"])
     if preset == "base":  # paper scale: check the structure without allocating 0.7 B parameters
         config = load_config(preset, ["unet.channels=16", "autoencoder.channels=8", "control.hint_widths=[4]"])
     nets = build_networks(config)
     assert nets.downsampling == config["autoencoder"]["downsampling"]
     assert nets.denoiser.unet.cfg.in_channels == config["autoencoder"]["latent_channels"]
+
+
+def test_feature_space_switch():
+    """The tiny preset: the denoiser works on the backbone's 176 aligned channels on the stride-8 grid, and its
+    control branch brings the 128 px condition down to that grid."""
+    config = load_config("tiny")
+    assert config["space"] == "features"
+    nets = build_networks(config, feature_channels=176)
+    assert nets.autoencoder is None and nets.downsampling == 8 == nets.feature_stride
+    unet = nets.denoiser.unet.cfg
+    assert unet.in_channels == unet.out_channels == 176
+    x, image = torch.randn(1, 176, 16, 16), torch.randn(1, 3, 128, 128)
+    assert nets.denoiser(x, torch.tensor([3]), condition(image)).shape == x.shape
+    with pytest.raises(ValueError, match="feature_channels"):
+        build_networks(config)
+    with pytest.raises(ValueError, match="image_size: 120 must be divisible by 16"):
+        build_networks(load_config("tiny", ["image_size=120"]), feature_channels=176)
 
 
 def test_pixel_space_switch():

@@ -6,7 +6,7 @@ from ...diffusion import NoiseSchedule
 from ..backbone import load_backbone
 from .config import DiffusionConfig, FeatureConfig, InferenceConfig, MaskConfig, TransformerConfig, from_section
 from .denoiser import RefinerDenoiser
-from .features import AlignedFeatures, FeatureNormalizer
+from ..features import AlignedFeatures, FeatureNormalizer
 from .model import RefinerDetector
 from .transformer import MaskedReconstructor
 

@@ -40,9 +40,9 @@ from ...diffusion import NoiseSchedule, Sampler
 from ...metrics.image_score import image_scores
 from ...ops import reference
 from .config import DiffusionConfig, InferenceConfig, MaskConfig
-from .defects import add_synthetic_defects
+from ..defects import add_synthetic_defects
 from .denoiser import RefinerDenoiser
-from .features import AlignedFeatures, FeatureNormalizer
+from ..features import AlignedFeatures, FeatureNormalizer
 from .tokens import complementary_masks, training_masks
 from .transformer import MaskedReconstructor
 

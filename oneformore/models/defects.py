@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from ...data.procedural import DEFECTS, draw_defect
-from ..backbone import IMAGENET_MEAN, IMAGENET_STD
+from ..data.procedural import DEFECTS, draw_defect
+from .backbone import IMAGENET_MEAN, IMAGENET_STD
 
 
 def add_synthetic_defects(images: torch.Tensor, prob: float, strength_min: float, generator: torch.Generator,
