@@ -1,11 +1,12 @@
-"""Synthetic defects on a training batch: what the refiner's context looks like when the input is anomalous.
+"""Synthetic defects on a training batch: what a detector's input looks like when the image is anomalous.
 
-At test time the refiner is conditioned on an anomalous image's own features (the visible tokens, and the coarse
-reconstruction the transformer made from them), and a refiner that has only seen normal context learns to carry
-whatever it sees into the tokens it predicts, a crack included. Training it on corrupted context with the clean
-features as the target teaches it the opposite (One-for-More's AMN logic, applied to the refiner's condition;
-the synthetic defects are the procedural dataset's scratches, holes and stains, as DRAEM and CutPaste train on
-generated anomalies). Each defect is blended in at a random opacity, so faint defects are learned too.
+At test time both detectors are conditioned on the anomalous image itself: the refiner on its visible tokens and the
+coarse reconstruction the transformer made from them, the continual detector on the noised features x_t and the
+control branch's condition. A model that has only seen normal inputs learns to carry whatever it sees into its
+output, a crack included. Training it on corrupted inputs with the clean features as the target teaches it the
+opposite (One-for-More's AMN logic; the synthetic defects are the procedural dataset's scratches, holes and stains,
+as DRAEM and CutPaste train on generated anomalies). Each defect is blended in at a random opacity, so faint defects
+are learned too. Used by :mod:`oneformore.models.refiner.model` and :mod:`oneformore.models.objective`.
 """
 
 from __future__ import annotations

@@ -6,12 +6,13 @@ the reconstruction target is that concatenation. We do the same with the package
 (average pooling for finer levels, which keeps their energy without aliasing; bilinear upsampling for coarser ones,
 as UniAD's ``F.interpolate``) and concatenated (24 + 40 + 112 = 176 channels for Lite0).
 
-The paper is silent on feature scaling. The diffusion refiner needs features of roughly unit variance for the noise
-schedule to mean what it says (Lite0's features have per-channel std ~4-13 and means up to ~13), so the aligned
-features are standardised per channel with statistics accumulated over the first ``norm_batches`` training batches
-and then frozen (buffers, saved with the model; frozen so a continual run's later tasks do not move the feature
-space of the earlier ones). Before any statistics exist the normaliser is the identity. Under DDP every rank adds
-the statistics of the whole global batch (an all-reduce), so the ranks keep the same normaliser.
+The papers are silent on feature scaling. A diffusion model on these features (the refiner, and the continual
+detector in feature space) needs them at roughly unit variance for the noise schedule to mean what it says
+(Lite0's features have per-channel std ~4-13 and means up to ~13), so the aligned features are standardised per
+channel with statistics accumulated over the first ``norm_batches`` training batches and then frozen (buffers,
+saved with the model; frozen so a continual run's later tasks do not move the feature space of the earlier ones).
+Before any statistics exist the normaliser is the identity. Under DDP every rank adds the statistics of the whole
+global batch (an all-reduce), so the ranks keep the same normaliser.
 """
 
 from __future__ import annotations
