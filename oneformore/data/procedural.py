@@ -30,7 +30,7 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
-from oneformore.models.backbone import IMAGENET_MEAN, IMAGENET_STD
+from oneformore.models.backbone import imagenet_normalise
 
 CATEGORIES = ("stripes", "weave", "marble", "disc", "tile")
 DEFECTS = ("scratch", "hole", "stain")
@@ -248,7 +248,7 @@ class ProceduralDataset(Dataset):
     def _make(self, index: int) -> dict:
         img, mask, defect = self.render(index)
         if self.normalize == "imagenet":
-            img = (img - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+            img = imagenet_normalise(img)
         _, i = self.items[index]
         return {
             "image": img.float().contiguous(),

@@ -28,6 +28,16 @@ from torch.nn import functional as F
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+
+def imagenet_normalise(img: torch.Tensor) -> torch.Tensor:
+    """[3, H, W] (or [..., 3, H, W]) in [0, 1] -> the datasets' ImageNet-normalised convention."""
+    return (img - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+
+
+def imagenet_denormalise(img: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`imagenet_normalise`, clamped to [0, 1]."""
+    return (img * torch.tensor(IMAGENET_STD)[:, None, None] + torch.tensor(IMAGENET_MEAN)[:, None, None]).clamp(0, 1)
+
 # EfficientNet-B0 stages: (kernel, stride, expand ratio, in, out, repeats). Lite0 keeps them (width/depth 1.0).
 _LITE0_STAGES = (
     (3, 1, 1, 32, 16, 1),

@@ -14,7 +14,19 @@ from __future__ import annotations
 import torch
 
 from ..data.procedural import DEFECTS, draw_defect
-from .backbone import IMAGENET_MEAN, IMAGENET_STD
+from .backbone import imagenet_denormalise, imagenet_normalise
+
+
+def check_defect_settings(prob: float, strength_min: float, max_defects: int,
+                          names: tuple[str, str, str] = ("prob", "strength_min", "max_defects")) -> None:
+    """Raises a ValueError naming the bad one (``names``: how the caller calls the three) unless ``prob`` is in
+    [0, 1], ``strength_min`` in (0, 1] and ``max_defects`` >= 1."""
+    if not 0.0 <= prob <= 1.0:
+        raise ValueError(f"{names[0]}: expected a probability in [0, 1], got {prob}")
+    if not 0.0 < strength_min <= 1.0:
+        raise ValueError(f"{names[1]}: expected in (0, 1], got {strength_min}")
+    if max_defects < 1:
+        raise ValueError(f"{names[2]}: expected >= 1, got {max_defects}")
 
 
 def add_synthetic_defects(images: torch.Tensor, prob: float, strength_min: float, generator: torch.Generator,
@@ -25,24 +37,17 @@ def add_synthetic_defects(images: torch.Tensor, prob: float, strength_min: float
     with probability ``prob`` by 1 to ``max_defects`` defects (uniform count), each of a uniformly chosen kind,
     blended at an opacity uniform in [``strength_min``, 1]. Every draw comes from ``generator``; the input is not
     modified."""
-    if not 0.0 <= prob <= 1.0:
-        raise ValueError(f"prob: expected a probability in [0, 1], got {prob}")
-    if not 0.0 < strength_min <= 1.0:
-        raise ValueError(f"strength_min: expected in (0, 1], got {strength_min}")
-    if max_defects < 1:
-        raise ValueError(f"max_defects: expected >= 1, got {max_defects}")
+    check_defect_settings(prob, strength_min, max_defects)
     b = images.shape[0]
     chosen = torch.nonzero(torch.rand(b, generator=generator) < prob).flatten()
     out = images.clone()
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     for i in chosen.tolist():
-        img = (images[i].detach().float().cpu() * std + mean).clamp(0, 1)
+        img = imagenet_denormalise(images[i].detach().float().cpu())
         count = 1 + int(torch.randint(max_defects, (1,), generator=generator)) if max_defects > 1 else 1
         for _ in range(count):
             kind = DEFECTS[int(torch.randint(len(DEFECTS), (1,), generator=generator))]
             strength = strength_min + (1.0 - strength_min) * float(torch.rand((), generator=generator))
             defective, _ = draw_defect(img, kind, generator)
             img = img + strength * (defective - img)
-        out[i] = ((img - mean) / std).to(images.device, images.dtype)
+        out[i] = imagenet_normalise(img).to(images.device, images.dtype)
     return out, chosen

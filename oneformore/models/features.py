@@ -51,6 +51,10 @@ class AlignedFeatures(nn.Module):
             levels.append(feat.float())
         return torch.cat(levels, dim=1)
 
+    def levels(self, feats: torch.Tensor) -> list[torch.Tensor]:
+        """The concatenation [B, C, h, w] split back into the backbone's levels (views)."""
+        return list(feats.split(self.backbone.channels, dim=1))
+
 
 class FeatureNormalizer(nn.Module):
     """Per-channel standardisation with statistics accumulated over the first ``max_batches`` calls of
@@ -143,4 +147,4 @@ class FeatureSpace(nn.Module):
         return raw
 
     def levels(self, feats: torch.Tensor) -> list[torch.Tensor]:
-        return [level.contiguous() for level in feats.split(self.aligned.backbone.channels, dim=1)]
+        return [level.contiguous() for level in self.aligned.levels(feats)]

@@ -111,9 +111,11 @@ class AnomalyScorer(nn.Module):
     @torch.no_grad()
     def anomaly_map(self, images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
         """[B, 1, H, W] float32: backbone-feature distance between ``images`` and ``reconstructions``."""
+        return self._map(self.backbone(images), self.backbone(reconstructions), tuple(images.shape[-2:]))
+
+    def _map(self, feats: list[torch.Tensor], recon_feats: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
         op = reference.anomaly_map if self.cfg.eager else ops.anomaly_map
-        return op(self.backbone(images), self.backbone(reconstructions), tuple(images.shape[-2:]),
-                  distance=self.cfg.distance, fusion=self.cfg.fusion, sigma=self.cfg.sigma)
+        return op(feats, recon_feats, size, distance=self.cfg.distance, fusion=self.cfg.fusion, sigma=self.cfg.sigma)
 
     @torch.no_grad()
     def reference_images(self, images: torch.Tensor) -> torch.Tensor:
@@ -128,9 +130,7 @@ class AnomalyScorer(nn.Module):
         if self.features is not None:
             x = self.features.encode(images)
             recon = self.denoise(x, images, generator)
-            op = reference.anomaly_map if self.cfg.eager else ops.anomaly_map
-            maps = op(self.features.levels(x), self.features.levels(recon), tuple(images.shape[-2:]),
-                      distance=self.cfg.distance, fusion=self.cfg.fusion, sigma=self.cfg.sigma)
+            maps = self._map(self.features.levels(x), self.features.levels(recon), tuple(images.shape[-2:]))
         else:
             recon = self.reconstruct(images, generator)
             maps = self.anomaly_map(self.reference_images(images), recon)

@@ -36,7 +36,7 @@ from torch.nn import functional as F
 
 from .amn import masked_condition
 from .build import DiffusionNetworks
-from .defects import add_synthetic_defects
+from .defects import add_synthetic_defects, check_defect_settings
 from .features import FeatureSpace
 
 PREDICTIONS = ("eps", "x0")
@@ -59,12 +59,8 @@ class ObjectiveConfig:
             raise ValueError(f"objective.prediction: expected one of {PREDICTIONS}, got {self.prediction!r}")
         if self.t_max is not None and self.t_max < 1:
             raise ValueError(f"objective.t_max: expected >= 1 or null, got {self.t_max}")
-        if not 0.0 <= self.defect_prob <= 1.0:
-            raise ValueError(f"objective.defect_prob: expected a probability in [0, 1], got {self.defect_prob}")
-        if not 0.0 < self.defect_strength_min <= 1.0:
-            raise ValueError(f"objective.defect_strength_min: expected in (0, 1], got {self.defect_strength_min}")
-        if self.defect_max < 1:
-            raise ValueError(f"objective.defect_max: expected >= 1, got {self.defect_max}")
+        check_defect_settings(self.defect_prob, self.defect_strength_min, self.defect_max,
+                              ("objective.defect_prob", "objective.defect_strength_min", "objective.defect_max"))
 
 
 def predicted_noise(out: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor, prediction: str) -> torch.Tensor:

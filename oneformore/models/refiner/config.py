@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from ...metrics.image_score import IMAGE_SCORE_RULES
+from ..defects import check_defect_settings
 from .tokens import PATTERNS, TEST_PATTERNS, grid_side
 
 
@@ -84,12 +85,8 @@ class DiffusionConfig:
     defect_max: int = 1
 
     def __post_init__(self):
-        if not 0.0 <= self.defect_prob <= 1.0:
-            raise ValueError(f"refiner.defect_prob: expected a probability in [0, 1], got {self.defect_prob}")
-        if not 0.0 < self.defect_strength_min <= 1.0:
-            raise ValueError(f"refiner.defect_strength_min: expected in (0, 1], got {self.defect_strength_min}")
-        if self.defect_max < 1:
-            raise ValueError(f"refiner.defect_max: expected >= 1, got {self.defect_max}")
+        check_defect_settings(self.defect_prob, self.defect_strength_min, self.defect_max,
+                              ("refiner.defect_prob", "refiner.defect_strength_min", "refiner.defect_max"))
         if self.prediction not in ("eps", "coarse_anchored"):
             raise ValueError(f"refiner.prediction: expected 'eps' or 'coarse_anchored', got {self.prediction!r}")
         if self.start not in ("clean", "coarse"):

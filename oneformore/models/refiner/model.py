@@ -230,7 +230,7 @@ class RefinerDetector(nn.Module):
     def _levels(self, feats: torch.Tensor) -> list[torch.Tensor]:
         if self.inference.levels == "concat":
             return [feats]
-        return list(feats.split(self.features.backbone.channels, dim=1))
+        return self.features.levels(feats)
 
     @torch.no_grad()
     def anomaly_map(self, x: torch.Tensor, reconstruction: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
